@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Provide the real control plane and the upstream CRDs that the integration tests run against.
+#
+# Everything is built or fetched from Go modules at the pinned versions below and kept in a cache
+# directory outside the repository ($LLMAZ_SERVERLESS_CACHE, default ~/.cache/llmaz-serverless).
+# A second run reuses what is there. Nothing here is committed to git.
+#
+#   bin/etcd  bin/kube-apiserver  bin/kube-controller-manager  bin/helm
+#   crds/<project>/*.yaml
+#
+# If KUBEBUILDER_ASSETS points at a directory that already holds etcd and kube-apiserver
+# (the envtest convention), those binaries are used instead of building them.
+#
+# Usage: provide.sh [all|control-plane|crds|helm]   (default: all)
+set -euo pipefail
+
+K8S_VERSION="${K8S_VERSION:-v1.34.4}"          # KEDA v2.20 supports Kubernetes 1.33-1.35
+ETCD_VERSION="${ETCD_VERSION:-v3.6.5}"
+HELM_VERSION="${HELM_VERSION:-v3.19.0}"
+LLMAZ_VERSION="v0.1.1"
+LLMAZ_ZIP_SHA256="fce4bf8a00ebc0090837a0f9089082d0f3a35a063ea5b7b385300c8b3922b5a5"
+LWS_VERSION="v0.7.0"
+KEDA_VERSION="v2.20.2"
+HTTP_ADDON_VERSION="v0.15.0"
+
+CACHE="${LLMAZ_SERVERLESS_CACHE:-$HOME/.cache/llmaz-serverless}"
+BIN="$CACHE/bin"
+CRDS="$CACHE/crds"
+WORK="$CACHE/build"
+mkdir -p "$BIN" "$CRDS" "$WORK"
+
+log() { printf '[provide] %s\n' "$*" >&2; }
+
+need_go() {
+  if ! command -v go >/dev/null 2>&1; then
+    log "Go is required to build the test control plane (install Go >= 1.24 and re-run)."
+    exit 3
+  fi
+}
+
+build_k8s() {
+  local want=("kube-apiserver" "kube-controller-manager")
+  local missing=()
+  for b in "${want[@]}"; do
+    if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/$b" ]]; then
+      ln -sf "$KUBEBUILDER_ASSETS/$b" "$BIN/$b"
+    fi
+    [[ -x "$BIN/$b" && -f "$BIN/$b.version" && "$(cat "$BIN/$b.version")" == "$K8S_VERSION" ]] \
+      || [[ -L "$BIN/$b" ]] || missing+=("$b")
+  done
+  [[ ${#missing[@]} -eq 0 ]] && { log "kubernetes binaries cached"; return; }
+  need_go
+  local mod="$WORK/kubernetes-$K8S_VERSION"
+  mkdir -p "$mod"
+  # k8s.io/kubernetes points every k8s.io/* staging module at ./staging; a consumer must pin each
+  # of them to the published v0.X.Y that matches v1.X.Y.
+  local staging="v0${K8S_VERSION#v1}"
+  local gomod
+  gomod="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+  {
+    echo "module llmaz-serverless/controlplane"
+    echo
+    echo "go 1.24.0"
+    echo
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    echo
+    grep -E '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$gomod" \
+      | awk -v v="$staging" '{print "replace " $1 " => " $1 " " v}'
+  } >"$mod/go.mod"
+  cat >"$mod/tools.go" <<'EOF'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+)
+EOF
+  (
+    cd "$mod"
+    log "resolving k8s.io/kubernetes $K8S_VERSION modules"
+    GOFLAGS=-mod=mod go mod tidy -e >/dev/null 2>&1 || true
+    GOFLAGS=-mod=mod go get "k8s.io/kubernetes@$K8S_VERSION" >/dev/null
+    for b in "${missing[@]}"; do
+      log "building $b $K8S_VERSION (several minutes on a cold cache)"
+      CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$BIN/$b.tmp" "k8s.io/kubernetes/cmd/$b"
+      mv "$BIN/$b.tmp" "$BIN/$b"
+      echo "$K8S_VERSION" >"$BIN/$b.version"
+    done
+  )
+}
+
+build_etcd() {
+  if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/etcd" ]]; then
+    ln -sf "$KUBEBUILDER_ASSETS/etcd" "$BIN/etcd"; log "etcd from KUBEBUILDER_ASSETS"; return
+  fi
+  if [[ -x "$BIN/etcd" && -f "$BIN/etcd.version" && "$(cat "$BIN/etcd.version")" == "$ETCD_VERSION" ]]; then
+    log "etcd cached"; return
+  fi
+  need_go
+  local mod="$WORK/etcd-$ETCD_VERSION"
+  mkdir -p "$mod"
+  cat >"$mod/go.mod" <<EOF
+module llmaz-serverless/etcd
+
+go 1.24.0
+
+require go.etcd.io/etcd/server/v3 $ETCD_VERSION
+EOF
+  cat >"$mod/tools.go" <<'EOF'
+//go:build tools
+
+package tools
+
+import _ "go.etcd.io/etcd/server/v3"
+EOF
+  (
+    cd "$mod"
+    log "building etcd $ETCD_VERSION"
+    GOFLAGS=-mod=mod go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >/dev/null
+    CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$BIN/etcd.tmp" go.etcd.io/etcd/server/v3
+    mv "$BIN/etcd.tmp" "$BIN/etcd"
+    echo "$ETCD_VERSION" >"$BIN/etcd.version"
+  )
+}
+
+build_helm() {
+  if [[ -x "$BIN/helm" && -f "$BIN/helm.version" && "$(cat "$BIN/helm.version")" == "$HELM_VERSION" ]]; then
+    log "helm cached"; return
+  fi
+  need_go
+  log "building helm $HELM_VERSION"
+  GOBIN="$BIN" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  echo "$HELM_VERSION" >"$BIN/helm.version"
+}
+
+# fetch_crds <module@version> <dest-subdir> <sha256 or ""> <path-in-zip>...
+fetch_crds() {
+  local modver="$1" dest="$CRDS/$2" sum="$3"; shift 3
+  local stamp="$dest/.version"
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$modver" ]]; then return; fi
+  need_go
+  local mod="${modver%@*}"
+  local zip
+  if [[ -n "$sum" ]]; then
+    # This module version is not in the public checksum database; its zip is pinned by hash here.
+    zip="$(GONOSUMDB="$mod" GOFLAGS=-mod=mod go mod download -json "$modver" | sed -n 's/.*"Zip": "\(.*\)".*/\1/p')"
+    echo "$sum  $zip" | sha256sum -c --quiet - || { log "checksum mismatch for $modver"; exit 4; }
+  else
+    zip="$(GOFLAGS=-mod=mod go mod download -json "$modver" | sed -n 's/.*"Zip": "\(.*\)".*/\1/p')"
+  fi
+  [[ -f "$zip" ]] || { log "could not download $modver from the Go module proxy"; exit 4; }
+  rm -rf "$dest"; mkdir -p "$dest"
+  for p in "$@"; do
+    unzip -p "$zip" "$modver/$p" >"$dest/$(basename "$p")"
+    [[ -s "$dest/$(basename "$p")" ]] || { log "$p missing in $modver"; exit 4; }
+  done
+  echo "$modver" >"$stamp"
+  log "CRDs of $modver in $dest"
+}
+
+provide_crds() {
+  fetch_crds "github.com/inftyai/llmaz@$LLMAZ_VERSION" llmaz "$LLMAZ_ZIP_SHA256" \
+    config/crd/bases/inference.llmaz.io_playgrounds.yaml \
+    config/crd/bases/inference.llmaz.io_services.yaml \
+    config/crd/bases/inference.llmaz.io_backendruntimes.yaml \
+    config/crd/bases/llmaz.io_openmodels.yaml
+  fetch_crds "sigs.k8s.io/lws@$LWS_VERSION" lws "" \
+    config/crd/bases/leaderworkerset.x-k8s.io_leaderworkersets.yaml
+  fetch_crds "github.com/kedacore/keda/v2@$KEDA_VERSION" keda "" \
+    config/crd/bases/keda.sh_scaledobjects.yaml \
+    config/crd/bases/keda.sh_triggerauthentications.yaml \
+    config/crd/bases/keda.sh_clustertriggerauthentications.yaml
+  fetch_crds "github.com/kedacore/http-add-on@$HTTP_ADDON_VERSION" http-add-on "" \
+    config/crd/bases/http.keda.sh_interceptorroutes.yaml
+}
+
+what="${1:-all}"
+case "$what" in
+  control-plane) build_etcd; build_k8s ;;
+  crds) provide_crds ;;
+  helm) build_helm ;;
+  all) provide_crds; build_etcd; build_k8s; build_helm ;;
+  *) echo "usage: $0 [all|control-plane|crds|helm]" >&2; exit 2 ;;
+esac
+echo "$CACHE"

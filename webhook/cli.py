@@ -1,0 +1,46 @@
+"""The ``llmaz-serverless`` command.
+
+Subcommands are registered by the module that owns them, so the CLI stays a thin dispatcher:
+
+- ``preview``  (webhook.preview)  what the webhook would do to a manifest, offline
+- ``serve``    (webhook.server)   run the admission webhook (and the reconciler)
+- ``certs``    (certs.cli)        create development certificates
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = (
+    ("preview", "webhook.preview"),
+    ("serve", "webhook.server"),
+    ("certs", "certs.cli"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmaz-serverless",
+        description="Serverless, KEDA-driven autoscaling for llmaz Playgrounds and Services.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in SUBCOMMANDS:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:  # a subcommand whose module is not importable is left out, loudly
+            print(f"llmaz-serverless: subcommand {name!r} unavailable: {exc}", file=sys.stderr)
+            continue
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
