@@ -1,0 +1,102 @@
+"""Desired KEDA objects for a managed workload. Pure: (workload, policy, models) -> objects.
+
+One ScaledObject per workload holds every trigger (a workload can have only one HPA, so HTTP and queue
+triggers must share it). It targets the Playground, or a standalone Service, through their ``/scale``
+subresource. With an ``http`` trigger an InterceptorRoute of the KEDA HTTP add-on routes requests to the llmaz
+``<name>-lb`` Service; the ScaledObject's ``external-push`` trigger names that route.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import constants as C
+from .errors import Denied
+from .models import ModelCatalog
+from .policy import Policy
+from .settings import Analysis, analyze
+from .triggers import HTTPTrigger, assign_names
+
+
+@dataclass
+class Desired:
+    analysis: Analysis
+    scaled_object: dict[str, Any] | None = None
+    interceptor_route: dict[str, Any] | None = None
+
+    def objects(self) -> list[dict[str, Any]]:
+        return [o for o in (self.interceptor_route, self.scaled_object) if o is not None]
+
+
+def labels_for(kind: str, name: str) -> dict[str, str]:
+    return {
+        C.LABEL_MANAGED_BY: C.MANAGED_BY,
+        C.LABEL_WORKLOAD_KIND: kind,
+        C.LABEL_WORKLOAD_NAME: name,
+    }
+
+
+def owner_reference(workload: dict[str, Any]) -> dict[str, Any] | None:
+    meta = workload.get("metadata") or {}
+    uid = meta.get("uid")
+    if not uid:
+        return None  # not stored yet (admission of a CREATE): the reconciler adds it
+    return {"apiVersion": workload.get("apiVersion") or C.LLMAZ_API_VERSION, "kind": workload["kind"],
+            "name": meta["name"], "uid": uid, "controller": True, "blockOwnerDeletion": True}
+
+
+def _metadata(kind: str, name: str, obj_name: str, namespace: str, owner: dict[str, Any] | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": obj_name, "namespace": namespace, "labels": labels_for(kind, name)}
+    if owner:
+        meta["ownerReferences"] = [owner]
+    return meta
+
+
+def desired_objects(workload: dict[str, Any], policy: Policy, models: ModelCatalog) -> Desired:
+    """The KEDA objects that should exist for ``workload``; none when it is not managed.
+
+    Raises ``Denied`` when the workload's settings are invalid (the caller reports it; nothing is built from
+    a half-valid configuration).
+    """
+    an = analyze(workload, policy, models)
+    desired = Desired(analysis=an)
+    if not an.managed:
+        return desired
+    if an.problems:
+        raise Denied(an.problems)
+    assert an.settings is not None
+    s = an.settings
+    kind, name, ns = an.kind, an.name, an.namespace
+    owner = owner_reference(workload)
+    ctx = an.trigger_context(policy)
+
+    triggers = []
+    for trigger_name, preset in assign_names(list(s.triggers)):
+        triggers.append(preset.keda_trigger(ctx, trigger_name))
+        if isinstance(preset, HTTPTrigger):
+            desired.interceptor_route = {
+                "apiVersion": C.HTTP_API_VERSION,
+                "kind": "InterceptorRoute",
+                "metadata": _metadata(kind, name, C.interceptor_route_name(name), ns, owner),
+                "spec": preset.interceptor_route_spec(ctx),
+            }
+
+    spec: dict[str, Any] = {
+        "scaleTargetRef": {"apiVersion": C.LLMAZ_API_VERSION, "kind": kind, "name": name},
+        "pollingInterval": s.polling_interval,
+        "cooldownPeriod": s.cooldown_period,
+        "initialCooldownPeriod": s.initial_cooldown_period,
+        "minReplicaCount": s.min_replicas,
+        "maxReplicaCount": s.max_replicas,
+        "triggers": triggers,
+    }
+    if s.behavior:
+        spec["advanced"] = {"horizontalPodAutoscalerConfig": {"behavior": s.behavior}}
+    desired.scaled_object = {
+        "apiVersion": C.KEDA_API_VERSION,
+        "kind": "ScaledObject",
+        "metadata": _metadata(kind, name, C.scaled_object_name(name), ns, owner),
+        "spec": spec,
+    }
+    return desired

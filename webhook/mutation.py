@@ -1,0 +1,140 @@
+"""The mutation rules. Pure: (raw object, old object, operation, policy, models) -> mutated copy + warnings.
+
+The JSON Patch sent back to the API server is the diff between the **raw** request object and the mutated
+copy, so fields this code does not know are never touched. Every rule is idempotent: mutating an already
+mutated object changes nothing, which makes ``reinvocationPolicy: IfNeeded`` safe.
+
+Rules, in order:
+
+1. Not a Playground/Service, or a Service owned by a Playground: untouched.
+2. Opted out (``serverless.llmaz.io/enabled: "false"``): our written annotations are removed, nothing else.
+3. ``spec.elasticConfig`` of a Playground is converted into our annotations and removed (llmaz would create
+   its own HPA for it, and KEDA refuses a target that already has a foreign HPA).
+4. Settings are resolved (see ``settings.analyze``); any problem denies the request.
+5. ``serverless.llmaz.io/managed`` and ``serverless.llmaz.io/resolved`` record what was decided.
+6. ``spec.replicas``: on CREATE 0 when the workload starts at zero, else clamped into [max(min,1), max]; on
+   UPDATE the live value is kept (KEDA owns replicas; a re-applied manifest must not fight the autoscaler).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import constants as C
+from .errors import Denied
+from .models import ModelCatalog
+from .policy import Policy
+from .settings import Analysis, analyze, annotations_of
+
+
+@dataclass
+class Mutation:
+    obj: dict[str, Any]
+    analysis: Analysis
+    warnings: list[str] = field(default_factory=list)
+    changed: bool = False
+
+
+def _annotations(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj.setdefault("metadata", {})
+    ann = meta.get("annotations")
+    if not isinstance(ann, dict):
+        ann = meta["annotations"] = {}
+    return ann
+
+
+def _convert_elastic_config(obj: dict[str, Any], warnings: list[str]) -> None:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict) or "elasticConfig" not in spec:
+        return
+    elastic = spec.pop("elasticConfig")
+    if not isinstance(elastic, dict):
+        warnings.append("spec.elasticConfig was not a mapping and has been removed")
+        return
+    ann = _annotations(obj)
+    carried, ignored = [], []
+    max_r = elastic.get("maxReplicas")
+    if isinstance(max_r, int) and not isinstance(max_r, bool):
+        if C.ANN_MAX_REPLICAS in ann:
+            ignored.append(f"maxReplicas (annotation {C.ANN_MAX_REPLICAS} wins)")
+        else:
+            ann[C.ANN_MAX_REPLICAS] = str(max_r)
+            carried.append(f"maxReplicas={max_r}")
+    min_r = elastic.get("minReplicas")
+    # llmaz cannot express 0 there (its own webhook rejects it) and defaults to 1, so only a value above 1
+    # is a real request for warm replicas.
+    if isinstance(min_r, int) and not isinstance(min_r, bool) and min_r > 1:
+        if C.ANN_MIN_REPLICAS in ann:
+            ignored.append(f"minReplicas (annotation {C.ANN_MIN_REPLICAS} wins)")
+        else:
+            ann[C.ANN_MIN_REPLICAS] = str(min_r)
+            carried.append(f"minReplicas={min_r}")
+    hpa = (elastic.get("scaleTrigger") or {}).get("hpa") if isinstance(elastic.get("scaleTrigger"), dict) else None
+    if isinstance(hpa, dict):
+        behavior = hpa.get("behavior")
+        if isinstance(behavior, dict) and behavior:
+            if C.ANN_BEHAVIOR in ann:
+                ignored.append(f"behavior (annotation {C.ANN_BEHAVIOR} wins)")
+            else:
+                ann[C.ANN_BEHAVIOR] = json.dumps(behavior, sort_keys=True, separators=(",", ":"))
+                carried.append("behavior")
+        if hpa.get("metrics"):
+            ignored.append("HPA metrics (use trigger presets instead)")
+    msg = ("spec.elasticConfig was removed: llmaz would create its own HPA, which conflicts with the KEDA "
+           "autoscaler of llmaz-serverless")
+    if carried:
+        msg += f"; carried over as annotations: {', '.join(carried)}"
+    if ignored:
+        msg += f"; not carried over: {', '.join(ignored)}"
+    warnings.append(msg)
+
+
+def _replicas(obj: dict[str, Any]) -> int | None:
+    spec = obj.get("spec")
+    value = spec.get("replicas") if isinstance(spec, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def mutate(raw: dict[str, Any], old: dict[str, Any] | None, operation: str, policy: Policy,
+           models: ModelCatalog) -> Mutation:
+    """Return the mutated copy of ``raw``; raise ``Denied`` if the object's settings are invalid."""
+    obj = copy.deepcopy(raw)
+    warnings: list[str] = []
+    kind = obj.get("kind")
+    if kind == C.KIND_PLAYGROUND and isinstance(obj.get("spec"), dict) and "elasticConfig" in obj["spec"]:
+        pre = analyze(obj, policy, models)
+        if pre.managed:
+            _convert_elastic_config(obj, warnings)
+    an = analyze(obj, policy, models)
+    if not an.managed:
+        ann = annotations_of(obj)
+        for key in C.WRITTEN_ANNOTATIONS:
+            ann.pop(key, None)
+        if isinstance(obj.get("metadata"), dict) and obj["metadata"].get("annotations") == {} and not (
+                isinstance(raw.get("metadata"), dict) and "annotations" in raw["metadata"]):
+            obj["metadata"].pop("annotations")
+        return Mutation(obj=obj, analysis=an, warnings=warnings, changed=obj != raw)
+    if an.problems:
+        raise Denied(an.problems)
+    assert an.settings is not None
+    s = an.settings
+    ann = _annotations(obj)
+    ann[C.ANN_MANAGED] = "true"
+    ann[C.ANN_RESOLVED] = s.as_annotation()
+
+    spec = obj.setdefault("spec", {})
+    live = _replicas(old) if operation == "UPDATE" and old is not None else None
+    if live is not None:
+        spec["replicas"] = live
+    elif operation in ("CREATE", "UPDATE"):
+        if s.start_at_zero:
+            spec["replicas"] = 0
+        else:
+            current = _replicas(obj)
+            floor = max(s.min_replicas, 1)
+            spec["replicas"] = floor if current is None else min(max(current, floor), s.max_replicas)
+    warnings.extend(an.warnings)
+    return Mutation(obj=obj, analysis=an, warnings=warnings, changed=obj != raw)

@@ -1,0 +1,197 @@
+"""The cluster policy: defaults, GPU defaults, named profiles, and preset settings.
+
+A policy lives in a ConfigMap (key ``policy.yaml``) and is parsed by the pydantic model below. Every field has
+a default, so an empty ConfigMap -- or none at all -- means the built-in policy. Unknown keys are rejected
+(``extra="forbid"``): a typo in a policy must be reported, not silently ignored, and because a bad policy is
+never applied (the last good one stays in force) being strict costs no availability.
+
+Layering, from weakest to strongest, when settings are resolved for one workload::
+
+    defaults  ->  gpu (only for accelerator workloads)  ->  profile (annotation or none)  ->  annotations
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+POLICY_KEY = "policy.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Overlay(_Strict):
+    """A partial set of scaling settings; ``None`` means "inherit from the layer below"."""
+
+    minReplicas: int | None = Field(default=None, ge=0)
+    maxReplicas: int | None = Field(default=None, ge=1)
+    cooldownPeriod: int | None = Field(default=None, ge=0, description="seconds inactive before N -> 0")
+    pollingInterval: int | None = Field(default=None, ge=1)
+    initialCooldownPeriod: int | None = Field(default=None, ge=0)
+    startAtZero: bool | None = None
+    triggers: list[Any] | None = Field(
+        default=None, description="trigger presets, same forms as the triggers annotation")
+    behavior: dict[str, Any] | None = Field(default=None, description="autoscaling/v2 HPA behavior")
+
+
+class HTTPSettings(_Strict):
+    """Defaults of the ``http`` preset (KEDA HTTP add-on)."""
+
+    scalerAddress: str = "keda-add-ons-http-external-scaler.keda:9090"
+    concurrency: int = Field(default=16, ge=1, description="in-flight requests per replica")
+    # LLM cold starts take 1-5 minutes (image pull, weights, CUDA graphs); HTTP-sized defaults would 504.
+    readinessTimeout: str = "10m"
+    requestTimeout: str = "0s"
+    responseHeaderTimeout: str = "10m"
+    gatewayHeader: str = Field(
+        default="x-ai-eg-model",
+        description="header that the Envoy AI Gateway sets to the model name; '' disables that rule")
+
+
+class PrometheusSettings(_Strict):
+    """Where the ``queue-depth`` preset reads vLLM / llama.cpp metrics."""
+
+    serverAddress: str = "http://prometheus-operated.monitoring.svc:9090"
+    namespaceLabel: str = "namespace"
+    podLabel: str = "pod"
+    authRef: str | None = None
+
+
+DEFAULT_ACCELERATORS = (
+    "nvidia.com/gpu",
+    "amd.com/gpu",
+    "gpu.intel.com/i915",
+    "gpu.intel.com/xe",
+    "habana.ai/gaudi",
+    "aws.amazon.com/neuron",
+    "aws.amazon.com/neuroncore",
+    "google.com/tpu",
+)
+DEFAULT_ACCELERATOR_PREFIXES = ("nvidia.com/mig-", "nvidia.com/gpu.", "amd.com/", "habana.ai/")
+
+
+def _builtin_profiles() -> dict[str, Overlay]:
+    return {
+        # Chat / completion endpoints: wake on HTTP, scale out on the vLLM queue.
+        "interactive": Overlay(triggers=["http", "queue-depth"]),
+        # Latency-sensitive: one replica always warm.
+        "always-warm": Overlay(minReplicas=1, startAtZero=False),
+        # Offline work fed by a queue: quick to release GPUs.
+        "batch": Overlay(minReplicas=0, startAtZero=True, cooldownPeriod=120),
+    }
+
+
+class Policy(_Strict):
+    defaults: Overlay = Overlay(
+        minReplicas=1, maxReplicas=4, cooldownPeriod=300, pollingInterval=30,
+        initialCooldownPeriod=0, startAtZero=False, triggers=["http"],
+    )
+    # Idle GPUs are the expensive part: start at zero, and give a model time to load before KEDA may scale
+    # it back in (initial cooldown) and a long idle window before releasing it (cooldown).
+    gpu: Overlay = Overlay(
+        minReplicas=0, startAtZero=True, cooldownPeriod=600, initialCooldownPeriod=300, pollingInterval=15,
+    )
+    profiles: dict[str, Overlay] = Field(default_factory=_builtin_profiles)
+    maxReplicasCap: int = Field(default=64, ge=1, description="no workload may ask for more")
+    http: HTTPSettings = HTTPSettings()
+    prometheus: PrometheusSettings = PrometheusSettings()
+    timezone: str = "UTC"
+    acceleratorResources: tuple[str, ...] = DEFAULT_ACCELERATORS
+    acceleratorPrefixes: tuple[str, ...] = DEFAULT_ACCELERATOR_PREFIXES
+    unknownModelIsGPU: bool = Field(
+        default=True, description="an OpenModel not (yet) in the cache is treated as a GPU model")
+
+    @field_validator("profiles")
+    @classmethod
+    def _profile_names(cls, value: dict[str, Overlay]) -> dict[str, Overlay]:
+        for name in value:
+            if not name or len(name) > 63 or not all(c.isalnum() or c in "-_." for c in name):
+                raise ValueError(f"profile name {name!r} must be 1-63 characters of [A-Za-z0-9-_.]")
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "Policy":
+        d = self.defaults
+        missing = [f for f in ("minReplicas", "maxReplicas", "cooldownPeriod", "pollingInterval",
+                               "initialCooldownPeriod", "startAtZero", "triggers") if getattr(d, f) is None]
+        if missing:
+            raise ValueError(f"defaults must set {', '.join(missing)}")
+        if d.maxReplicas > self.maxReplicasCap:
+            raise ValueError(f"defaults.maxReplicas ({d.maxReplicas}) is above maxReplicasCap "
+                             f"({self.maxReplicasCap})")
+        if d.minReplicas > d.maxReplicas:
+            raise ValueError(f"defaults.minReplicas ({d.minReplicas}) is above defaults.maxReplicas "
+                             f"({d.maxReplicas})")
+        return self
+
+    @classmethod
+    def default(cls) -> "Policy":
+        return _DEFAULT
+
+
+_DEFAULT = Policy()
+
+
+class PolicyError(ValueError):
+    """A policy document that cannot be used; the message says where and what."""
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown field"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_policy(text: str | None) -> Policy:
+    """Parse a policy document (YAML or JSON). Empty means the built-in default policy."""
+    if text is None or not text.strip():
+        return Policy.default()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"policy is not valid YAML: {exc}") from None
+    if data is None:
+        return Policy.default()
+    if not isinstance(data, dict):
+        raise PolicyError(f"policy must be a YAML mapping, got {type(data).__name__}")
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(f"invalid policy: {_describe(exc)}") from None
+    # Triggers inside the policy are checked with the same rules as annotations.
+    from .triggers import parse_trigger_list  # local: triggers imports policy
+
+    for where, overlay in [("defaults", policy.defaults), ("gpu", policy.gpu),
+                           *((f"profiles.{n}", p) for n, p in policy.profiles.items())]:
+        if overlay.triggers is not None:
+            _, problems = parse_trigger_list(overlay.triggers, where=f"{where}.triggers")
+            if problems:
+                raise PolicyError("invalid policy: " + "; ".join(str(p) for p in problems))
+    return policy
+
+
+def policy_from_configmap(configmap: dict[str, Any]) -> Policy:
+    data = configmap.get("data") or {}
+    return parse_policy(data.get(POLICY_KEY))
+
+
+def load_policy_file(path: str) -> Policy:
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError:
+        doc = None
+    # Accept either a bare policy document or a ConfigMap manifest that carries one.
+    if isinstance(doc, dict) and doc.get("kind") == "ConfigMap":
+        return policy_from_configmap(doc)
+    return parse_policy(text)

@@ -1,0 +1,351 @@
+"""Annotations + policy -> the resolved scaling settings of one workload.
+
+This is the one place that reads our annotations. Every problem found is collected (not just the first), so a
+user fixing a manifest sees everything wrong at once. ``analyze`` is the shared brain behind the mutating
+webhook, the validating webhook, the reconciler and ``preview``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from . import constants as C
+from .accelerators import Detection, detect
+from .errors import Problem
+from .models import ModelCatalog
+from .policy import Overlay, Policy
+from .triggers import Preset, RawTrigger, TriggerContext, parse_trigger_list, parse_triggers_annotation
+
+_SECONDS = re.compile(r"^(\d+)(s|m|h)?$")
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+# Upper bounds that catch typos (a cooldown of 3e9 seconds is never meant).
+LIMITS = {
+    C.ANN_COOLDOWN: (0, 7 * 86400),
+    C.ANN_POLLING: (1, 3600),
+    C.ANN_INITIAL_COOLDOWN: (0, 86400),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Fully resolved scaling settings (every field set)."""
+
+    min_replicas: int
+    max_replicas: int
+    cooldown_period: int
+    polling_interval: int
+    initial_cooldown_period: int
+    start_at_zero: bool
+    triggers: tuple[Preset, ...]
+    behavior: dict[str, Any] | None
+    gpu: bool
+    profile: str | None
+
+    def as_annotation(self) -> str:
+        doc = {
+            "gpu": self.gpu,
+            "minReplicas": self.min_replicas,
+            "maxReplicas": self.max_replicas,
+            "cooldownPeriod": self.cooldown_period,
+            "pollingInterval": self.polling_interval,
+            "initialCooldownPeriod": self.initial_cooldown_period,
+            "startAtZero": self.start_at_zero,
+            "triggers": [t.summary() for t in self.triggers],
+        }
+        if self.profile:
+            doc["profile"] = self.profile
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass
+class Analysis:
+    """Everything the rules conclude about one workload."""
+
+    kind: str
+    name: str
+    namespace: str
+    managed: bool                     # in scope and not opted out
+    skip_reason: str = ""             # why not managed, when not
+    settings: Settings | None = None
+    detection: Detection | None = None
+    backend: str = "vllm"
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def trigger_context(self, policy: Policy) -> TriggerContext:
+        assert self.settings is not None
+        return TriggerContext(kind=self.kind, name=self.name, namespace=self.namespace, policy=policy,
+                              min_replicas=self.settings.min_replicas, backend=self.backend)
+
+
+def annotations_of(obj: dict[str, Any]) -> dict[str, str]:
+    meta = obj.get("metadata")
+    ann = meta.get("annotations") if isinstance(meta, dict) else None
+    return ann if isinstance(ann, dict) else {}
+
+
+def owned_by_playground(obj: dict[str, Any]) -> bool:
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    for ref in meta.get("ownerReferences") or []:
+        if isinstance(ref, dict) and ref.get("kind") == C.KIND_PLAYGROUND and str(
+                ref.get("apiVersion", "")).startswith(C.LLMAZ_GROUP + "/"):
+            return True
+    return False
+
+
+def opted_out(obj: dict[str, Any]) -> bool:
+    return str(annotations_of(obj).get(C.ANN_ENABLED, "")).strip().lower() in _FALSE
+
+
+def _int(ann: dict[str, str], key: str, lo: int, hi: int, problems: list[Problem]) -> int | None:
+    if key not in ann:
+        return None
+    raw = str(ann[key]).strip()
+    if not re.fullmatch(r"\d+", raw):
+        problems.append(Problem(key, f"{raw!r} is not a whole number", f"write a number between {lo} and {hi}"))
+        return None
+    value = int(raw)
+    if not lo <= value <= hi:
+        problems.append(Problem(key, f"{value} is out of range", f"write a number between {lo} and {hi}"))
+        return None
+    return value
+
+
+def _seconds(ann: dict[str, str], key: str, problems: list[Problem]) -> int | None:
+    if key not in ann:
+        return None
+    lo, hi = LIMITS[key]
+    raw = str(ann[key]).strip()
+    m = _SECONDS.match(raw)
+    if not m:
+        problems.append(Problem(key, f"{raw!r} is not a number of seconds",
+                                "write seconds (300) or a duration in s, m or h (300s, 5m, 1h)"))
+        return None
+    value = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    if not lo <= value <= hi:
+        problems.append(Problem(key, f"{raw} is out of range", f"allowed: {lo} to {hi} seconds"))
+        return None
+    return value
+
+
+def _bool(ann: dict[str, str], key: str, problems: list[Problem]) -> bool | None:
+    if key not in ann:
+        return None
+    raw = str(ann[key]).strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    problems.append(Problem(key, f"{ann[key]!r} is not a boolean", 'write "true" or "false"'))
+    return None
+
+
+def validate_behavior(value: Any, where: str) -> list[Problem]:
+    """Light check of an autoscaling/v2 HorizontalPodAutoscalerBehavior."""
+    if not isinstance(value, dict):
+        return [Problem(where, "must be a mapping with scaleUp and/or scaleDown",
+                        "see autoscaling/v2 HorizontalPodAutoscalerBehavior")]
+    problems = []
+    for key, rules in value.items():
+        if key not in ("scaleUp", "scaleDown"):
+            problems.append(Problem(f"{where}.{key}", "unknown field", "allowed: scaleUp, scaleDown"))
+            continue
+        if not isinstance(rules, dict):
+            problems.append(Problem(f"{where}.{key}", "must be a mapping"))
+            continue
+        for rk, rv in rules.items():
+            if rk == "stabilizationWindowSeconds":
+                if not isinstance(rv, int) or isinstance(rv, bool) or not 0 <= rv <= 3600:
+                    problems.append(Problem(f"{where}.{key}.{rk}", "must be a whole number from 0 to 3600"))
+            elif rk == "selectPolicy":
+                if rv not in ("Max", "Min", "Disabled"):
+                    problems.append(Problem(f"{where}.{key}.{rk}", "must be Max, Min or Disabled"))
+            elif rk == "policies":
+                if not isinstance(rv, list):
+                    problems.append(Problem(f"{where}.{key}.policies", "must be a list"))
+                    continue
+                for i, pol in enumerate(rv):
+                    pw = f"{where}.{key}.policies[{i}]"
+                    if not isinstance(pol, dict) or pol.get("type") not in ("Pods", "Percent"):
+                        problems.append(Problem(pw, "type must be Pods or Percent"))
+                        continue
+                    v, period = pol.get("value"), pol.get("periodSeconds")
+                    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                        problems.append(Problem(f"{pw}.value", "must be a whole number above 0"))
+                    if not isinstance(period, int) or isinstance(period, bool) or not 0 < period <= 1800:
+                        problems.append(Problem(f"{pw}.periodSeconds", "must be a whole number from 1 to 1800"))
+            elif rk == "tolerance":
+                continue
+            else:
+                problems.append(Problem(f"{where}.{key}.{rk}", "unknown field",
+                                        "allowed: stabilizationWindowSeconds, selectPolicy, policies"))
+    return problems
+
+
+def _layer(base: dict[str, Any], overlay: Overlay) -> None:
+    for key, value in overlay.model_dump(exclude_none=True).items():
+        base[key] = value
+
+
+def _backend(obj: dict[str, Any]) -> str:
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    brc = spec.get("backendRuntimeConfig")
+    if isinstance(brc, dict) and isinstance(brc.get("backendName"), str):
+        return brc["backendName"].lower()
+    return "vllm"
+
+
+def _name_problems(obj: dict[str, Any]) -> list[Problem]:
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    name = meta.get("name") or ""
+    generate = meta.get("generateName") or ""
+    limit = C.MAX_WORKLOAD_NAME
+    if name and len(name) > limit:
+        return [Problem("metadata.name", f"{name!r} is {len(name)} characters; KEDA derives the HPA name "
+                        f"'{C.KEDA_HPA_PREFIX}<name>', which must fit in 63",
+                        f"use a name of at most {limit} characters, or opt this object out with "
+                        f"{C.ANN_ENABLED}: \"false\"")]
+    if not name and generate and len(generate) + 5 > limit:
+        return [Problem("metadata.generateName", f"{generate!r} plus the 5 random characters exceeds {limit}",
+                        f"use a generateName of at most {limit - 5} characters")]
+    return []
+
+
+def analyze(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Analysis:
+    """Decide whether ``obj`` is managed and, if so, with which settings. Pure."""
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    kind = str(obj.get("kind") or "")
+    an = Analysis(kind=kind, name=str(meta.get("name") or meta.get("generateName") or ""),
+                  namespace=str(meta.get("namespace") or ""), managed=False)
+    if kind not in C.WORKLOAD_KINDS:
+        an.skip_reason = f"kind {kind!r} is not handled"
+        return an
+    if kind == C.KIND_SERVICE and owned_by_playground(obj):
+        an.skip_reason = "Service owned by a Playground (the Playground is the scale target)"
+        return an
+    ann = annotations_of(obj)
+    problems = an.problems
+    enabled = _bool(ann, C.ANN_ENABLED, problems)
+    if enabled is False:
+        an.skip_reason = f"opted out with {C.ANN_ENABLED}=false"
+        return an
+    an.managed = True
+    an.backend = _backend(obj)
+    problems.extend(_name_problems(obj))
+
+    det = detect(obj, policy, models)
+    an.detection = det
+    if det.unknown_models and not det.resources:
+        an.warnings.append(
+            f"OpenModel {', '.join(det.unknown_models)} is not known to llmaz-serverless yet; "
+            + ("treated as a GPU model (scale-to-zero defaults)" if policy.unknownModelIsGPU
+               else "treated as a CPU model"))
+
+    resolved: dict[str, Any] = {}
+    _layer(resolved, policy.defaults)
+    if det.gpu:
+        _layer(resolved, policy.gpu)
+    profile = ann.get(C.ANN_PROFILE)
+    if profile is not None:
+        profile = str(profile).strip()
+        if profile not in policy.profiles:
+            known = ", ".join(sorted(policy.profiles)) or "(none defined)"
+            problems.append(Problem(C.ANN_PROFILE, f"unknown profile {profile!r}",
+                                    f"profiles in the cluster policy: {known}"))
+            profile = None
+        else:
+            _layer(resolved, policy.profiles[profile])
+
+    cap = policy.maxReplicasCap
+    explicit_min = _int(ann, C.ANN_MIN_REPLICAS, 0, 100000, problems)
+    explicit_max = _int(ann, C.ANN_MAX_REPLICAS, 1, 100000, problems)
+    if explicit_max is not None and explicit_max > cap:
+        problems.append(Problem(C.ANN_MAX_REPLICAS, f"{explicit_max} is above the cluster's cap of {cap}",
+                                f"ask for at most {cap} (cluster policy maxReplicasCap)"))
+        explicit_max = None
+    if explicit_min is not None and explicit_min > cap:
+        problems.append(Problem(C.ANN_MIN_REPLICAS, f"{explicit_min} is above the cluster's cap of {cap}",
+                                f"ask for at most {cap} (cluster policy maxReplicasCap)"))
+        explicit_min = None
+    for key, field_name in ((C.ANN_MIN_REPLICAS, "minReplicas"), (C.ANN_MAX_REPLICAS, "maxReplicas")):
+        value = explicit_min if key == C.ANN_MIN_REPLICAS else explicit_max
+        if value is not None:
+            resolved[field_name] = value
+    for key, field_name in ((C.ANN_COOLDOWN, "cooldownPeriod"), (C.ANN_POLLING, "pollingInterval"),
+                            (C.ANN_INITIAL_COOLDOWN, "initialCooldownPeriod")):
+        value = _seconds(ann, key, problems)
+        if value is not None:
+            resolved[field_name] = value
+    start = _bool(ann, C.ANN_START_AT_ZERO, problems)
+    if start is not None:
+        resolved["startAtZero"] = start
+
+    if C.ANN_BEHAVIOR in ann:
+        try:
+            behavior = yaml.safe_load(str(ann[C.ANN_BEHAVIOR]))
+        except yaml.YAMLError:
+            problems.append(Problem(C.ANN_BEHAVIOR, "is not valid YAML/JSON",
+                                    'write e.g. {"scaleDown": {"stabilizationWindowSeconds": 300}}'))
+        else:
+            errs = validate_behavior(behavior, C.ANN_BEHAVIOR)
+            problems.extend(errs)
+            if not errs:
+                resolved["behavior"] = behavior
+
+    if C.ANN_TRIGGERS in ann:
+        presets, errs = parse_triggers_annotation(str(ann[C.ANN_TRIGGERS]), C.ANN_TRIGGERS)
+        problems.extend(errs)
+    else:
+        presets, errs = parse_trigger_list(resolved.get("triggers") or [], "policy triggers")
+        problems.extend(errs)
+
+    lo, hi = resolved["minReplicas"], resolved["maxReplicas"]
+    if hi > cap and explicit_max is None:
+        hi = resolved["maxReplicas"] = cap
+    if lo > hi:
+        src_min = "annotation" if explicit_min is not None else "policy"
+        src_max = "annotation" if explicit_max is not None else "policy"
+        problems.append(Problem(
+            C.ANN_MIN_REPLICAS if explicit_min is not None else C.ANN_MAX_REPLICAS,
+            f"min-replicas ({lo}, from the {src_min}) is above max-replicas ({hi}, from the {src_max})",
+            f"set {C.ANN_MAX_REPLICAS} to at least {lo} or lower {C.ANN_MIN_REPLICAS}"))
+
+    if not presets and not any(p.where.startswith(C.ANN_TRIGGERS) for p in problems):
+        problems.append(Problem(C.ANN_TRIGGERS, "no trigger is configured, so nothing would ever scale "
+                                "this workload", "name at least one trigger, e.g. http"))
+
+    raws = [p for p in presets if isinstance(p, RawTrigger)]
+    if presets and all(isinstance(p, RawTrigger) and p.resource_metric for p in presets) and lo == 0:
+        problems.append(Problem(C.ANN_TRIGGERS, "cpu/memory triggers cannot scale a workload up from zero "
+                                "(no pods, no usage), and KEDA rejects them with min-replicas 0",
+                                f"set {C.ANN_MIN_REPLICAS} to 1 or add an http or queue trigger"))
+    elif any(p.resource_metric for p in raws) and len(presets) > 1:
+        an.warnings.append("cpu/memory triggers never activate a workload at zero; they only help scale "
+                           "from 1 to N together with the other triggers")
+
+    if problems:
+        return an
+
+    settings = Settings(
+        min_replicas=lo, max_replicas=hi, cooldown_period=resolved["cooldownPeriod"],
+        polling_interval=resolved["pollingInterval"], initial_cooldown_period=resolved["initialCooldownPeriod"],
+        start_at_zero=bool(resolved["startAtZero"]) and lo == 0, triggers=tuple(presets),
+        behavior=resolved.get("behavior"), gpu=det.gpu, profile=profile)
+    an.settings = settings
+
+    ctx = an.trigger_context(policy)
+    for p in presets:
+        an.warnings.extend(p.warnings(ctx))
+    if lo == 0 and presets and not any(p.wakes_from_zero for p in presets):
+        an.warnings.append("with min-replicas 0 the queue-depth trigger alone cannot wake the workload (no "
+                           "pods, no metrics); add an http or message-queue trigger or set min-replicas 1")
+    if det.gpu and lo > 0:
+        an.warnings.append(f"min-replicas {lo} keeps {lo} GPU replica(s) running while idle")
+    return an

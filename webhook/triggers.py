@@ -1,0 +1,854 @@
+"""Trigger presets: a few parameters in, one KEDA trigger (and for ``http`` an InterceptorRoute) out.
+
+Users name presets in the ``serverless.llmaz.io/triggers`` annotation, either as a comma-separated list
+(``http, queue-depth``) or as a YAML/JSON list of mappings (``[{type: redis, address: ..., listName: jobs}]``).
+Each preset is a small pydantic model with ``extra="forbid"``, so a misspelt parameter is an error that names
+the preset's real parameters. Credentials never travel in trigger parameters: the presets take an
+``authRef`` (a KEDA TriggerAuthentication) instead, and inline secrets are rejected before parsing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import Problem
+from .policy import Policy
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_CREDENTIAL_KEYS = {
+    "password", "passwd", "pass", "secret", "token", "apikey", "api_key", "accesskey", "accesskeyid",
+    "secretaccesskey", "awsaccesskeyid", "awssecretaccesskey", "awssessiontoken", "connectionstring",
+    "connection", "credentials", "bearertoken", "sasl.password", "privatekey", "key.pem", "clientsecret",
+    "sharedaccesskey", "authtoken", "accesstoken", "tlskey", "clientkey", "keypassword",
+}
+_USERINFO_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://[^/?#\s]*@")
+
+
+def is_duration(value: str) -> bool:
+    """Go ``time.ParseDuration`` syntax, as the HTTP add-on parses its timeouts ("0s" included)."""
+    return value == "0" or bool(_DURATION.match(value))
+
+
+def _credential_problems(params: dict[str, Any], where: str) -> list[Problem]:
+    problems = []
+    for key, value in params.items():
+        k = str(key)
+        if k.endswith("FromEnv") or k.endswith("FromEnvFile"):
+            continue  # names an environment variable of the target container, not a secret
+        if k.lower() in _CREDENTIAL_KEYS:
+            problems.append(Problem(
+                f"{where}.{k}", "credentials must not be written inline in trigger parameters",
+                "store them in a Secret, reference it from a KEDA TriggerAuthentication, and set "
+                "authRef: <its name> on the trigger"))
+        elif isinstance(value, str) and _USERINFO_URL.match(value):
+            problems.append(Problem(
+                f"{where}.{k}", "this URL carries credentials (user:password@)",
+                "drop the user info from the URL and supply it through a TriggerAuthentication "
+                "(authRef)"))
+    return problems
+
+
+def _s(value: Any) -> str:
+    """KEDA trigger metadata is a map of strings."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class AuthRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    kind: Literal["TriggerAuthentication", "ClusterTriggerAuthentication"] = "TriggerAuthentication"
+
+    @field_validator("name")
+    @classmethod
+    def _dns(cls, v: str) -> str:
+        if not _NAME.match(v) or len(v) > 253:
+            raise ValueError("must be the name of a TriggerAuthentication (lowercase DNS name)")
+        return v
+
+    def to_keda(self) -> dict[str, str]:
+        return {"name": self.name, "kind": self.kind}
+
+
+def _auth(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+# ``authRef: my-auth`` is shorthand for ``authRef: {name: my-auth, kind: TriggerAuthentication}``.
+OptionalAuthRef = Annotated[AuthRef | None, BeforeValidator(_auth)]
+
+
+@dataclass(frozen=True)
+class TriggerContext:
+    """What a preset needs to know about the workload it scales."""
+
+    kind: str
+    name: str
+    namespace: str
+    policy: Policy
+    min_replicas: int = 0
+    backend: str = "vllm"
+
+
+# ---------------------------------------------------------------------------------------------- presets
+
+class Preset(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    type: str
+    name: str | None = Field(default=None, description="trigger name; defaults to the preset type")
+
+    keda_type: ClassVar[str] = ""
+    # Can this trigger become active while the workload has no pods?
+    wakes_from_zero: ClassVar[bool] = True
+    resource_only: ClassVar[bool] = False
+
+    @field_validator("name")
+    @classmethod
+    def _trigger_name(cls, v: str | None) -> str | None:
+        if v is not None and (not _NAME.match(v) or len(v) > 63):
+            raise ValueError("must be a lowercase DNS label (a-z, 0-9, '-')")
+        return v
+
+    def keda_trigger(self, ctx: TriggerContext, trigger_name: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def warnings(self, ctx: TriggerContext) -> list[str]:
+        return []
+
+    def summary(self) -> str:
+        return self.type
+
+    @staticmethod
+    def _with_auth(trigger: dict[str, Any], auth: AuthRef | None) -> dict[str, Any]:
+        if auth is not None:
+            trigger["authenticationRef"] = auth.to_keda()
+        return trigger
+
+
+class HTTPTrigger(Preset):
+    """Scale from zero on HTTP traffic through the KEDA HTTP add-on interceptor."""
+
+    type: Literal["http"] = "http"
+    concurrency: int | None = Field(default=None, ge=1)
+    requestRate: int | None = Field(default=None, ge=1)
+    window: str | None = None
+    granularity: str | None = None
+    hosts: list[str] | None = None
+    paths: list[str] | None = None
+    headers: dict[str, str] | None = None
+    readinessTimeout: str | None = None
+    requestTimeout: str | None = None
+    responseHeaderTimeout: str | None = None
+    service: str | None = None
+    port: int = Field(default=8080, ge=1, le=65535, description="llmaz serves on 8080 of <name>-lb")
+
+    keda_type: ClassVar[str] = "external-push"
+
+    @field_validator("window", "granularity", "readinessTimeout", "requestTimeout", "responseHeaderTimeout")
+    @classmethod
+    def _duration(cls, v: str | None) -> str | None:
+        if v is not None and not is_duration(v):
+            raise ValueError(f"{v!r} is not a duration; write e.g. 90s, 5m or 1h30m")
+        return v
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, v: list[str] | None) -> list[str] | None:
+        for p in v or []:
+            if not p.startswith("/"):
+                raise ValueError(f"path {p!r} must start with '/'")
+        return v
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: list[str] | None) -> list[str] | None:
+        for h in v or []:
+            if not h or " " in h or "/" in h:
+                raise ValueError(f"host {h!r} must be a hostname or a wildcard like *.example.com")
+        return v
+
+    @model_validator(mode="after")
+    def _one_metric(self) -> "HTTPTrigger":
+        if self.concurrency is not None and self.requestRate is not None:
+            raise ValueError("set either concurrency or requestRate, not both")
+        if (self.window or self.granularity) and self.requestRate is None:
+            raise ValueError("window and granularity only apply with requestRate")
+        return self
+
+    def keda_trigger(self, ctx: TriggerContext, trigger_name: str) -> dict[str, Any]:
+        from .constants import interceptor_route_name
+
+        return {
+            "type": self.keda_type,
+            "name": trigger_name,
+            "metadata": {
+                "scalerAddress": ctx.policy.http.scalerAddress,
+                "interceptorRoute": interceptor_route_name(ctx.name),
+            },
+        }
+
+    def effective_timeouts(self, policy: Policy) -> dict[str, str]:
+        return {
+            "readiness": self.readinessTimeout or policy.http.readinessTimeout,
+            "request": self.requestTimeout or policy.http.requestTimeout,
+            "responseHeader": self.responseHeaderTimeout or policy.http.responseHeaderTimeout,
+        }
+
+    def interceptor_route_spec(self, ctx: TriggerContext) -> dict[str, Any]:
+        from .constants import lb_service_name
+
+        rules: list[dict[str, Any]] = []
+        hosts = self.hosts if self.hosts is not None else [
+            f"{ctx.name}.{ctx.namespace}", f"{ctx.name}.{ctx.namespace}.svc"]
+        rule: dict[str, Any] = {"hosts": list(hosts)}
+        if self.paths:
+            rule["paths"] = [{"value": p} for p in self.paths]
+        if self.headers:
+            rule["headers"] = [{"name": k, "value": v} for k, v in sorted(self.headers.items())]
+        rules.append(rule)
+        gateway = ctx.policy.http.gatewayHeader
+        if gateway and self.hosts is None and not self.headers:
+            # Requests forwarded by the llmaz Envoy AI Gateway name the model in a header.
+            rules.append({"hosts": ["*"], "headers": [{"name": gateway, "value": ctx.name}]})
+        if self.requestRate is not None:
+            metric: dict[str, Any] = {"requestRate": {"targetValue": self.requestRate,
+                                                      "window": self.window or "1m",
+                                                      "granularity": self.granularity or "1s"}}
+        else:
+            metric = {"concurrency": {"targetValue": self.concurrency or ctx.policy.http.concurrency}}
+        return {
+            "target": {"service": self.service or lb_service_name(ctx.name), "port": self.port},
+            "rules": rules,
+            "scalingMetric": metric,
+            "timeouts": self.effective_timeouts(ctx.policy),
+        }
+
+    def warnings(self, ctx: TriggerContext) -> list[str]:
+        out = []
+        readiness = self.effective_timeouts(ctx.policy)["readiness"]
+        secs = duration_seconds(readiness)
+        if secs is not None and 0 < secs < 120:
+            out.append(f"http trigger: readinessTimeout {readiness} is shorter than a typical LLM cold start "
+                       f"(1-5 minutes); requests arriving at zero replicas may get 504")
+        return out
+
+
+class QueueDepthTrigger(Preset):
+    """Scale on the model server's own queue, read from Prometheus."""
+
+    type: Literal["queue-depth"] = "queue-depth"
+    metric: Literal["waiting", "running", "kv-cache"] = "waiting"
+    threshold: float | None = Field(default=None, gt=0)
+    activationThreshold: float = Field(default=0, ge=0)
+    serverAddress: str | None = None
+    query: str | None = None
+    backend: Literal["vllm", "llamacpp"] | None = None
+    authRef: OptionalAuthRef = None
+
+    keda_type: ClassVar[str] = "prometheus"
+    wakes_from_zero: ClassVar[bool] = False  # no pods, no metrics
+
+
+    @model_validator(mode="after")
+    def _backend_metric(self) -> "QueueDepthTrigger":
+        if self.backend == "llamacpp" and self.metric == "kv-cache" and self.query is None:
+            raise ValueError("llama.cpp exposes no KV-cache metric; use metric waiting or running, "
+                             "or write your own query")
+        if self.serverAddress is not None and not re.match(r"^https?://", self.serverAddress):
+            raise ValueError("serverAddress must be an http:// or https:// URL")
+        return self
+
+    _METRICS: ClassVar[dict[tuple[str, str], tuple[str, str, float]]] = {
+        # (backend, metric) -> (series, aggregation, default threshold per replica)
+        ("vllm", "waiting"): ("vllm:num_requests_waiting", "sum", 5),
+        ("vllm", "running"): ("vllm:num_requests_running", "sum", 16),
+        ("vllm", "kv-cache"): ("vllm:kv_cache_usage_perc", "avg", 0.8),
+        ("llamacpp", "waiting"): ("llamacpp:requests_deferred", "sum", 5),
+        ("llamacpp", "running"): ("llamacpp:requests_processing", "sum", 4),
+    }
+
+    def _resolved(self, ctx: TriggerContext) -> tuple[str, str, float]:
+        backend = self.backend or ("llamacpp" if ctx.backend == "llamacpp" else "vllm")
+        return self._METRICS.get((backend, self.metric), self._METRICS[("vllm", self.metric)])
+
+    def promql(self, ctx: TriggerContext) -> str:
+        if self.query:
+            return self.query
+        series, agg, _ = self._resolved(ctx)
+        p = ctx.policy.prometheus
+        pods = re.escape(ctx.name).replace("\\-", "-") + "-[0-9]+(-[0-9]+)?"
+        return f'{agg}({series}{{{p.namespaceLabel}="{ctx.namespace}",{p.podLabel}=~"{pods}"}})'
+
+    def keda_trigger(self, ctx: TriggerContext, trigger_name: str) -> dict[str, Any]:
+        _, agg, default_threshold = self._resolved(ctx)
+        threshold = self.threshold if self.threshold is not None else default_threshold
+        auth = self.authRef or (AuthRef(name=ctx.policy.prometheus.authRef)
+                                if ctx.policy.prometheus.authRef else None)
+        trigger: dict[str, Any] = {
+            "type": "prometheus",
+            "name": trigger_name,
+            # A sum is shared out across replicas (per-replica target); a utilisation is compared as is.
+            "metricType": "AverageValue" if agg == "sum" else "Value",
+            "metadata": {
+                "serverAddress": self.serverAddress or ctx.policy.prometheus.serverAddress,
+                "query": self.promql(ctx),
+                "threshold": _num(threshold),
+                "activationThreshold": _num(self.activationThreshold),
+                "ignoreNullValues": "true",
+            },
+        }
+        return self._with_auth(trigger, auth)
+
+    def summary(self) -> str:
+        return f"queue-depth({self.metric})"
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+class _AddressMixin(BaseModel):
+    address: str | None = None
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    addressFromEnv: str | None = None
+    hostFromEnv: str | None = None
+    databaseIndex: int | None = Field(default=None, ge=0)
+    enableTLS: bool | None = None
+
+    def _address_metadata(self) -> dict[str, str]:
+        md = {}
+        for key in ("address", "host", "port", "addressFromEnv", "hostFromEnv", "databaseIndex", "enableTLS"):
+            value = getattr(self, key)
+            if value is not None:
+                md[key] = _s(value)
+        return md
+
+    def _check_address(self) -> None:
+        if not (self.address or self.addressFromEnv or self.host or self.hostFromEnv):
+            raise ValueError("set address (host:port) or host, or addressFromEnv / hostFromEnv")
+        if self.address and self.host:
+            raise ValueError("set either address or host+port, not both")
+
+
+class RedisTrigger(_AddressMixin, Preset):
+    type: Literal["redis"] = "redis"
+    listName: str
+    listLength: int = Field(default=5, ge=1)
+    activationListLength: int = Field(default=0, ge=0)
+    authRef: OptionalAuthRef = None
+
+    keda_type: ClassVar[str] = "redis"
+
+    @model_validator(mode="after")
+    def _addr(self) -> "RedisTrigger":
+        self._check_address()
+        return self
+
+    def keda_trigger(self, ctx: TriggerContext, trigger_name: str) -> dict[str, Any]:
+        md = self._address_metadata() | {"listName": self.listName, "listLength": _s(self.listLength),
+                                         "activationListLength": _s(self.activationListLength)}
+        return self._with_auth({"type": "redis", "name": trigger_name, "metadata": md}, self.authRef)
+
+
+class RedisStreamsTrigger(_AddressMixin, Preset):
+    type: Literal["redis-streams"] = "redis-streams"
+    stream: str
+    consumerGroup: str | None = None
+    pendingEntriesCount: int | None = Field(default=None, ge=1)
+    streamLength: int | None = Field(default=None, ge=1)
+    lagCount: int | None = Field(default=None, ge=1)
+    activationLagCount: int | None = Field(default=None, ge=0)
+    authRef: OptionalAuthRef = None
+
+    keda_type: ClassVar[str] = "redis-streams"
+
+    @model_validator(mode="after")
+    def _mode(self) -> "RedisStreamsTrigger":
+        self._check_address()
+        modes = [m for m in ("pendingEntriesCount", "streamLength", "lagCount") if getattr(self, m) is not None]
+        if len(modes) > 1:
+            raise ValueError(f"set only one of pendingEntriesCount, streamLength, lagCount (got {modes})")
+        if (self.pendingEntriesCount is not None or self.lagCount is not None) and not self.consumerGroup:
+            raise ValueError("consumerGroup is required with pendingEntriesCount or lagCount")
+        return self
+
+    def keda_trigger(self, ctx: TriggerContext, trigger_name: str) -> dict[str, Any]:
+        md = self._address_metadata() | {"stream": self.stream}
+        if self.consumerGroup:
+            md["consumerGroup"] = self.consumerGroup
+        if self.lagCount is not None:
+            md["lagCount"] = _s(self.lagCount)
+        elif self.streamLength is not None or not self.consumerGroup:
+            md["streamLength"] = _s(self.streamLength or 5)
+        else:
+            md["pendingEntriesCount"] = _s(self.pendingEntriesCount or 5)
+        if self.activationLagCount is not None:
+            md["activationLagCount"] = _s(self.activationLagCount)
+        return self._with_auth({"type": "redis-streams", "name": trigger_name, "metadata": md}, self.authRef)
+
+
+class RabbitMQTrigger(Preset):
+    type: Literal["rabbitmq"] = "rabbitmq"
+    queueName: str
+    mode: Literal["QueueLength", "MessageRate"] = "QueueLength"
+    value: float = Field(default=5, gt=0)
+    activationValue: float = Field(default=0, ge=0)
+    protocol: Literal["auto", "http", "amqp"] = "auto"
+    vhostName: str | None = None
+    host: str | None = None
+    hostFromEnv: str | None = None
+    authRef: OptionalAuthRef = None
+
+    keda_type: ClassVar[str] = "rabbitmq"
+
+    @model_validator(mode="after")
+    def _host(self) -> "RabbitMQTrigger":
+        if not (self.authRef or self.hostFromEnv or self.host):
+            raise ValueError("the broker URL is required: set authRef (a TriggerAuthentication that provides "
+                             "'host'), or hostFromEnv")
+        if self.mode == "MessageRate" and self.protocol == "amqp":
+            raise ValueError("mode MessageRate needs the management API (protocol http or auto)")
+        return self
+
+    def keda_trigger(self, ctx: TriggerContext, trigger_name: str) -> dict[str, Any]:
+        md = {"queueName": self.queueName, "mode": self.mode, "value": _num(self.value),
+              "activationValue": _num(self.activationValue), "protocol": self.protocol}
+        for key in ("vhostName", "host", "hostFromEnv"):
+            if getattr(self, key) is not None:
+                md[key] = getattr(self, key)
+        return self._with_auth({"type": "rabbitmq", "name": trigger_name, "metadata": md}, self.authRef)
+
+    def warnings(self, ctx: TriggerContext) -> list[str]:
+        if self.host and not self.authRef:
+            return ["rabbitmq trigger: an inline host without credentials connects as the broker's default "
+                    "user; prefer authRef"]
+        return []
+
+
+class KafkaTrigger(Preset):
+    type: Literal["kafka"] = "kafka"
+    bootstrapServers: str | None = None
+    consumerGroup: str
+    topic: str | None = None
+    lagThreshold: int = Field(default=10, ge=1)
+    activationLagThreshold: int = Field(default=0, ge=0)
+    offsetResetPolicy: Literal["latest", "earliest"] | None = None
+    authRef: OptionalAuthRef = None
+
+    keda_type: ClassVar[str] = "kafka"
+
+    @model_validator(mode="after")
+    def _servers(self) -> "KafkaTrigger":
+        if not self.bootstrapServers:
+            raise ValueError("bootstrapServers is required (comma-separated host:port list)")
+        return self
+
+    def keda_trigger(self, ctx: TriggerContext, trigger_name: str) -> dict[str, Any]:
+        md = {"bootstrapServers": self.bootstrapServers, "consumerGroup": self.consumerGroup,
+              "lagThreshold": _s(self.lagThreshold), "activationLagThreshold": _s(self.activationLagThreshold)}
+        if self.topic:
+            md["topic"] = self.topic
+        if self.offsetResetPolicy:
+            md["offsetResetPolicy"] = self.offsetResetPolicy
+        return self._with_auth({"type": "kafka", "name": trigger_name, "metadata": md}, self.authRef)
+
+
+class NATSJetStreamTrigger(Preset):
+    type: Literal["nats-jetstream"] = "nats-jetstream"
+    natsServerMonitoringEndpoint: str
+    account: str = "$G"
+    stream: str
+    consumer: str
+    lagThreshold: int = Field(default=10, ge=1)
+    activationLagThreshold: int = Field(default=0, ge=0)
+    useHttps: bool = False
+    authRef: OptionalAuthRef = None
+
+    keda_type: ClassVar[str] = "nats-jetstream"
+
+    @field_validator("natsServerMonitoringEndpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if "://" in v:
+            raise ValueError("give host:port of the monitoring endpoint without a scheme "
+                             "(set useHttps: true for TLS)")
+        return v
+
+    def keda_trigger(self, ctx: TriggerContext, trigger_name: str) -> dict[str, Any]:
+        md = {"natsServerMonitoringEndpoint": self.natsServerMonitoringEndpoint, "account": self.account,
+              "stream": self.stream, "consumer": self.consumer, "lagThreshold": _s(self.lagThreshold),
+              "activationLagThreshold": _s(self.activationLagThreshold), "useHttps": _s(self.useHttps)}
+        return self._with_auth({"type": "nats-jetstream", "name": trigger_name, "metadata": md},
+                               self.authRef)
+
+
+_SQS_URL = re.compile(r"^https://sqs\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?/\d+/[A-Za-z0-9_.-]+$")
+
+
+class SQSTrigger(Preset):
+    type: Literal["sqs"] = "sqs"
+    queueURL: str
+    queueLength: int = Field(default=5, ge=1)
+    activationQueueLength: int = Field(default=0, ge=0)
+    awsRegion: str | None = None
+    authRef: OptionalAuthRef = None
+
+    keda_type: ClassVar[str] = "aws-sqs-queue"
+
+    @model_validator(mode="after")
+    def _region(self) -> "SQSTrigger":
+        if not self.queueURL.startswith("https://"):
+            raise ValueError("queueURL must be the https:// URL of the queue")
+        if self.awsRegion is None and not _SQS_URL.match(self.queueURL):
+            raise ValueError("awsRegion is required when it cannot be read from queueURL")
+        return self
+
+    def region(self) -> str:
+        if self.awsRegion:
+            return self.awsRegion
+        m = _SQS_URL.match(self.queueURL)
+        return m.group(1) if m else ""
+
+    def keda_trigger(self, ctx: TriggerContext, trigger_name: str) -> dict[str, Any]:
+        md = {"queueURL": self.queueURL, "queueLength": _s(self.queueLength),
+              "activationQueueLength": _s(self.activationQueueLength), "awsRegion": self.region()}
+        return self._with_auth({"type": "aws-sqs-queue", "name": trigger_name, "metadata": md}, self.authRef)
+
+    def warnings(self, ctx: TriggerContext) -> list[str]:
+        if self.authRef is None:
+            return ["sqs trigger: no authRef, so KEDA reads the queue with the KEDA operator's own AWS "
+                    "identity; set authRef to a TriggerAuthentication with podIdentity or keys"]
+        return []
+
+
+class CronTrigger(Preset):
+    type: Literal["cron"] = "cron"
+    start: str
+    end: str
+    timezone: str | None = None
+    desiredReplicas: int = Field(default=1, ge=1)
+
+    keda_type: ClassVar[str] = "cron"
+
+    @field_validator("start", "end")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        problem = cron_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str | None) -> str | None:
+        if v is not None:
+            tz_problem = timezone_problem(v)
+            if tz_problem:
+                raise ValueError(tz_problem)
+        return v
+
+    def keda_trigger(self, ctx: TriggerContext, trigger_name: str) -> dict[str, Any]:
+        return {"type": "cron", "name": trigger_name, "metadata": {
+            "timezone": self.timezone or ctx.policy.timezone, "start": self.start, "end": self.end,
+            "desiredReplicas": _s(self.desiredReplicas)}}
+
+    def summary(self) -> str:
+        return f"cron({self.start}..{self.end})"
+
+
+# Scaler names known to KEDA 2.x; a raw trigger of another type would be rejected by KEDA only at run time.
+KNOWN_KEDA_SCALERS = frozenset("""
+activemq apache-kafka arangodb artemis-queue aws-cloudwatch aws-dynamodb aws-dynamodb-streams aws-kinesis-stream
+aws-sqs-queue azure-app-insights azure-blob azure-data-explorer azure-eventhub azure-log-analytics azure-monitor
+azure-pipelines azure-queue azure-servicebus beanstalkd cassandra couchdb cpu cron datadog dynatrace elasticsearch
+etcd external external-push forgejo-runner gcp-cloudtasks gcp-pubsub gcp-stackdriver gcp-storage github-runner
+graphite huawei-cloudeye ibmmq influxdb kafka kubernetes-resource kubernetes-workload liiklus loki memory
+metrics-api mongodb mssql mysql nats-jetstream new-relic nsq openstack-metric openstack-swift postgresql
+predictkube prometheus pulsar rabbitmq redis redis-cluster redis-cluster-streams redis-sentinel
+redis-sentinel-streams redis-streams selenium-grid solace-event-queue solr splunk splunk-observability stan
+temporal
+""".split())
+
+
+class RawTrigger(Preset):
+    """Escape hatch: any KEDA trigger, written as KEDA expects it, still checked for the basics."""
+
+    type: Literal["raw"] = "raw"
+    trigger: dict[str, Any]
+
+    keda_type: ClassVar[str] = "raw"
+
+    @field_validator("trigger")
+    @classmethod
+    def _shape(cls, t: dict[str, Any]) -> dict[str, Any]:
+        allowed = {"type", "name", "metadata", "authenticationRef", "metricType", "useCachedMetrics"}
+        extra = sorted(set(t) - allowed)
+        if extra:
+            raise ValueError(f"unknown field(s) {extra} in a KEDA trigger (allowed: {sorted(allowed)})")
+        ktype = t.get("type")
+        if not isinstance(ktype, str) or not ktype:
+            raise ValueError("trigger.type is required (a KEDA scaler name such as prometheus)")
+        if ktype not in KNOWN_KEDA_SCALERS:
+            raise ValueError(f"trigger.type {ktype!r} is not a KEDA scaler")
+        md = t.get("metadata", {})
+        if not isinstance(md, dict):
+            raise ValueError("trigger.metadata must be a mapping of strings")
+        for k, v in md.items():
+            if not isinstance(v, (str, int, float, bool)):
+                raise ValueError(f"trigger.metadata.{k} must be a string, got {type(v).__name__}")
+        if ktype in ("cpu", "memory"):
+            if t.get("metricType") not in (None, "Utilization", "AverageValue"):
+                raise ValueError("cpu/memory triggers take metricType Utilization or AverageValue")
+            if "value" not in md:
+                raise ValueError("cpu/memory triggers need metadata.value")
+        if ktype == "cron":
+            for key in ("start", "end"):
+                if key in md and (p := cron_problem(str(md[key]))):
+                    raise ValueError(f"trigger.metadata.{key}: {p}")
+            if "timezone" in md and (p := timezone_problem(str(md["timezone"]))):
+                raise ValueError(f"trigger.metadata.timezone: {p}")
+        auth = t.get("authenticationRef")
+        if auth is not None:
+            AuthRef.model_validate(_auth(auth))
+        if t.get("metricType") not in (None, "AverageValue", "Value", "Utilization"):
+            raise ValueError("trigger.metricType must be AverageValue, Value or Utilization")
+        return t
+
+    @property
+    def resource_metric(self) -> bool:
+        return self.trigger.get("type") in ("cpu", "memory")
+
+    def keda_trigger(self, ctx: TriggerContext, trigger_name: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.trigger["type"], "name": trigger_name,
+                               "metadata": {k: _s(v) for k, v in (self.trigger.get("metadata") or {}).items()}}
+        for key in ("metricType", "useCachedMetrics"):
+            if key in self.trigger:
+                out[key] = self.trigger[key]
+        if "authenticationRef" in self.trigger:
+            out["authenticationRef"] = AuthRef.model_validate(_auth(self.trigger["authenticationRef"])).to_keda()
+        return out
+
+    def summary(self) -> str:
+        return f"raw({self.trigger.get('type')})"
+
+
+PRESETS: dict[str, type[Preset]] = {
+    "http": HTTPTrigger,
+    "queue-depth": QueueDepthTrigger,
+    "redis": RedisTrigger,
+    "redis-streams": RedisStreamsTrigger,
+    "rabbitmq": RabbitMQTrigger,
+    "kafka": KafkaTrigger,
+    "nats-jetstream": NATSJetStreamTrigger,
+    "sqs": SQSTrigger,
+    "cron": CronTrigger,
+    "raw": RawTrigger,
+}
+
+
+# ---------------------------------------------------------------------------------------------- cron
+
+_CRON_FIELDS = (
+    ("minute", 0, 59, {}),
+    ("hour", 0, 23, {}),
+    ("day of month", 1, 31, {}),
+    ("month", 1, 12, {m: i + 1 for i, m in enumerate(
+        "jan feb mar apr may jun jul aug sep oct nov dec".split())}),
+    ("day of week", 0, 7, {d: i for i, d in enumerate("sun mon tue wed thu fri sat".split())}),
+)
+
+
+def cron_problem(expr: str) -> str | None:
+    """Check a standard 5-field cron expression as KEDA's cron scaler parses it; None when valid."""
+    fields = expr.split()
+    if len(fields) != 5:
+        return (f"cron expression {expr!r} has {len(fields)} fields; KEDA expects 5 "
+                "(minute hour day-of-month month day-of-week), e.g. '0 8 * * 1-5'")
+    for text, (label, lo, hi, names) in zip(fields, _CRON_FIELDS):
+        for part in text.split(","):
+            problem = _cron_part(part.lower(), lo, hi, names, label)
+            if problem:
+                return f"cron expression {expr!r}: {problem}"
+    return None
+
+
+def _cron_value(token: str, lo: int, hi: int, names: dict[str, int], label: str) -> int:
+    if token in names:
+        return names[token]
+    if not token.isdigit():
+        raise ValueError(f"{label} value {token!r} is not a number")
+    value = int(token)
+    if not lo <= value <= hi:
+        raise ValueError(f"{label} value {value} is outside {lo}-{hi}")
+    return value
+
+
+def _cron_part(part: str, lo: int, hi: int, names: dict[str, int], label: str) -> str | None:
+    try:
+        base, _, step = part.partition("/")
+        if step:
+            if not step.isdigit() or int(step) == 0:
+                return f"{label} step {step!r} must be a positive number"
+        if base in ("*", "?"):
+            if base == "?" and label not in ("day of month", "day of week"):
+                return f"'?' is only allowed in day of month or day of week"
+            return None
+        if not base:
+            return f"empty {label} field"
+        start, _, end = base.partition("-")
+        a = _cron_value(start, lo, hi, names, label)
+        if end:
+            b = _cron_value(end, lo, hi, names, label)
+            if a > b:
+                return f"{label} range {base!r} runs backwards"
+        return None
+    except ValueError as exc:
+        return str(exc)
+
+
+def timezone_problem(tz: str) -> str | None:
+    if not tz or tz.startswith("/") or ".." in tz:
+        return f"timezone {tz!r} is not an IANA time zone name (e.g. Europe/Berlin, UTC)"
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"timezone {tz!r} is not an IANA time zone name (e.g. Europe/Berlin, America/New_York, UTC)"
+    return None
+
+
+def duration_seconds(value: str) -> float | None:
+    if not is_duration(value):
+        return None
+    if value == "0":
+        return 0.0
+    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", value))
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+def _pydantic_problems(exc: ValidationError, where: str, preset: str) -> list[Problem]:
+    model = PRESETS[preset]
+    params = sorted(f for f in model.model_fields if f != "type")
+    out = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        field_path = ".".join(loc)
+        kind = err.get("type", "")
+        msg = err.get("msg", "invalid")
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if kind == "extra_forbidden":
+            out.append(Problem(f"{where}.{field_path}", f"unknown parameter for the {preset} trigger",
+                               f"known parameters: {', '.join(params)}"))
+        elif kind == "missing":
+            out.append(Problem(f"{where}.{field_path}", f"required parameter of the {preset} trigger is missing",
+                               "see docs/api.md#triggers"))
+        else:
+            out.append(Problem(f"{where}.{field_path}" if field_path else where, msg))
+    return out
+
+
+def parse_trigger(raw: Any, where: str) -> tuple[Preset | None, list[Problem]]:
+    if isinstance(raw, str):
+        raw = {"type": raw.strip()}
+    if not isinstance(raw, dict):
+        return None, [Problem(where, f"a trigger must be a preset name or a mapping, got {type(raw).__name__}",
+                              "write e.g. {type: http} or just http")]
+    ttype = raw.get("type")
+    if not isinstance(ttype, str) or not ttype:
+        return None, [Problem(f"{where}.type", "every trigger needs a type",
+                              f"one of: {', '.join(PRESETS)}")]
+    if ttype not in PRESETS:
+        hint = f"one of: {', '.join(PRESETS)}"
+        if ttype in KNOWN_KEDA_SCALERS:
+            hint = f"{ttype} is a KEDA scaler without a preset here; write {{type: raw, trigger: {{type: {ttype}, metadata: {{...}}}}}}"
+        return None, [Problem(f"{where}.type", f"unknown trigger type {ttype!r}", hint)]
+    cred_scope = raw.get("trigger", {}).get("metadata", {}) if ttype == "raw" and isinstance(
+        raw.get("trigger"), dict) and isinstance(raw["trigger"].get("metadata"), dict) else raw
+    cred_where = f"{where}.trigger.metadata" if cred_scope is not raw else where
+    problems = _credential_problems({k: v for k, v in cred_scope.items() if k != "type"}, cred_where)
+    if problems:
+        return None, problems
+    try:
+        return PRESETS[ttype].model_validate(raw), []
+    except ValidationError as exc:
+        return None, _pydantic_problems(exc, where, ttype)
+
+
+def parse_trigger_list(value: Any, where: str) -> tuple[list[Preset], list[Problem]]:
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        return [], [Problem(where, "triggers must be a list", "write e.g. [http, queue-depth]")]
+    presets, problems = [], []
+    for i, item in enumerate(value):
+        preset, errs = parse_trigger(item, f"{where}[{i}]")
+        problems.extend(errs)
+        if preset is not None:
+            presets.append(preset)
+    names = [p.type for p in presets]
+    if names.count("http") > 1:
+        problems.append(Problem(where, "at most one http trigger per workload",
+                                "list hosts, paths or headers in the one http trigger"))
+    explicit = [p.name for p in presets if p.name]
+    dupes = sorted({n for n in explicit if explicit.count(n) > 1})
+    if dupes:
+        problems.append(Problem(where, f"duplicate trigger names {dupes}", "give each trigger a unique name"))
+    return presets, problems
+
+
+def parse_triggers_annotation(text: str, where: str) -> tuple[list[Preset], list[Problem]]:
+    """``http, queue-depth`` or a YAML/JSON list (or single mapping) of presets."""
+    stripped = text.strip()
+    if not stripped:
+        return [], [Problem(where, "is empty", "remove the annotation or name at least one trigger")]
+    if stripped[0] in "[{" or "\n" in stripped or ":" in stripped:
+        try:
+            value = yaml.safe_load(stripped)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or "syntax error"
+            return [], [Problem(where, f"is not valid YAML/JSON{at}: {problem}",
+                                "write a comma-separated list of preset names (http, queue-depth) or a "
+                                "YAML list such as [{type: redis, address: redis:6379, listName: jobs}]")]
+        return parse_trigger_list(value, where)
+    names = [n.strip() for n in stripped.split(",")]
+    if any(not n for n in names):
+        return [], [Problem(where, f"{text!r} has an empty entry", "write e.g. http, queue-depth")]
+    return parse_trigger_list(names, where)
+
+
+def assign_names(presets: list[Preset]) -> list[tuple[str, Preset]]:
+    """Stable, unique KEDA trigger names: the explicit name, else the preset type, numbered on repeats."""
+    taken = {p.name for p in presets if p.name}
+    seen: dict[str, int] = {}
+    out = []
+    for p in presets:
+        if p.name:
+            out.append((p.name, p))
+            continue
+        base = p.type if p.type != "raw" else str(p.trigger.get("type", "raw"))  # type: ignore[attr-defined]
+        n = seen.get(base, 0) + 1
+        seen[base] = n
+        name = base if n == 1 else f"{base}-{n}"
+        while name in taken:
+            n += 1
+            seen[base] = n
+            name = f"{base}-{n}"
+        taken.add(name)
+        out.append((name, p))
+    return out
