@@ -9,6 +9,7 @@ the preset's real parameters. Credentials never travel in trigger parameters: th
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
@@ -564,8 +565,6 @@ class CronTrigger(Preset):
             "timezone": self.timezone or ctx.policy.timezone, "start": self.start, "end": self.end,
             "desiredReplicas": _s(self.desiredReplicas)}}
 
-    def summary(self) -> str:
-        return f"cron({self.start}..{self.end})"
 
 
 # Scaler names known to KEDA 2.x; a raw trigger of another type would be rejected by KEDA only at run time.
@@ -751,8 +750,10 @@ def _pydantic_problems(exc: ValidationError, where: str, preset: str) -> list[Pr
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         if kind == "extra_forbidden":
+            close = difflib.get_close_matches(loc[-1], params, n=1) if loc else []
+            hint = f"did you mean {close[0]}? " if close else ""
             out.append(Problem(f"{where}.{field_path}", f"unknown parameter for the {preset} trigger",
-                               f"known parameters: {', '.join(params)}"))
+                               f"{hint}known parameters: {', '.join(params)}"))
         elif kind == "missing":
             out.append(Problem(f"{where}.{field_path}", f"required parameter of the {preset} trigger is missing",
                                "see docs/api.md#triggers"))

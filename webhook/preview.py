@@ -1,0 +1,166 @@
+"""``llmaz-serverless preview``: what the webhook and the reconciler would do to a manifest, offline.
+
+It runs the exact rules the webhook runs (``mutation.mutate`` then ``validation.validate``) and the builders
+the reconciler applies (``keda.desired_objects``), on objects read from files, with no cluster. The output is
+a YAML stream: per object, the patched object, the KEDA objects, then warnings and denials as comments.
+Exit code: 0 when every object is admitted, 1 when any is denied, 2 on unusable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Iterable, TextIO
+
+import yaml
+
+from . import constants as C
+from .admission import make_patch
+from .errors import Denied
+from .keda import desired_objects
+from .models import ModelCatalog
+from .mutation import mutate
+from .policy import Policy, PolicyError, load_policy_file
+from .validation import validate
+
+EXIT_OK, EXIT_DENIED, EXIT_INPUT = 0, 1, 2
+
+
+class InputError(Exception):
+    pass
+
+
+def _read(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def load_documents(path: str) -> list[dict[str, Any]]:
+    text = _read(path)
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML: {exc}") from None
+    out: list[dict[str, Any]] = []
+    for i, doc in enumerate(docs):
+        if not isinstance(doc, dict):
+            raise InputError(f"{path}: document {i + 1} is not a mapping")
+        if doc.get("kind") == "List" and isinstance(doc.get("items"), list):
+            out.extend(d for d in doc["items"] if isinstance(d, dict))
+        else:
+            out.append(doc)
+    return out
+
+
+def preview_object(obj: dict[str, Any], policy: Policy, models: ModelCatalog, *, namespace: str,
+                   operation: str = "CREATE", old: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One object through the rules. Returns a report dict (used by the CLI and by tests)."""
+    obj = dict(obj)
+    meta = dict(obj.get("metadata") or {})
+    meta.setdefault("namespace", namespace)
+    obj["metadata"] = meta
+    report: dict[str, Any] = {"kind": obj.get("kind"), "name": meta.get("name"), "namespace": meta["namespace"],
+                              "allowed": True, "warnings": [], "patch": [], "object": obj, "keda": []}
+    if obj.get("apiVersion") != C.LLMAZ_API_VERSION or obj.get("kind") not in C.WORKLOAD_KINDS:
+        report["skipped"] = "not an inference.llmaz.io/v1alpha1 Playground or Service"
+        return report
+    try:
+        m = mutate(obj, old, operation, policy, models)
+    except Denied as d:
+        report.update(allowed=False, message=d.message)
+        return report
+    report["warnings"] = list(m.warnings)
+    report["patch"] = make_patch(obj, m.obj)
+    report["object"] = m.obj
+    if not m.analysis.managed:
+        report["skipped"] = m.analysis.skip_reason
+        return report
+    verdict = validate(m.obj, old, operation, policy, models)
+    report["warnings"].extend(w for w in verdict.warnings if w not in report["warnings"])
+    if not verdict.allowed:
+        report.update(allowed=False, message=Denied(verdict.problems).message)
+        return report
+    # The reconciler builds from the stored object, which then has a uid; show the ownerReference shape.
+    stored = dict(m.obj)
+    stored["metadata"] = dict(m.obj["metadata"])
+    stored["metadata"].setdefault("uid", "<uid of the stored object>")
+    report["keda"] = desired_objects(stored, policy, models).objects()
+    return report
+
+
+def _comment(text: str) -> str:
+    return "\n".join("# " + line for line in text.splitlines())
+
+
+def render(reports: Iterable[dict[str, Any]], out: TextIO, show_patch: bool) -> None:
+    for r in reports:
+        title = f"{r['kind']} {r['namespace']}/{r['name']}"
+        out.write(f"---\n# {title}: ")
+        if "skipped" in r:
+            out.write(f"left unchanged ({r['skipped']})\n")
+        elif not r["allowed"]:
+            out.write("DENIED\n" + _comment(r["message"]) + "\n")
+            continue
+        else:
+            out.write("admitted\n")
+        for w in r["warnings"]:
+            out.write(_comment("warning: " + w) + "\n")
+        if show_patch and r["patch"]:
+            out.write(_comment("JSON Patch:\n" + yaml.safe_dump(r["patch"], sort_keys=False).rstrip()) + "\n")
+        out.write(yaml.safe_dump(r["object"], sort_keys=False))
+        for k in r["keda"]:
+            out.write(f"---\n# {k['kind']} created by the reconciler for {title}\n")
+            out.write(yaml.safe_dump(k, sort_keys=False))
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy_file(args.policy) if args.policy else Policy.default()
+    except PolicyError as exc:
+        print(f"llmaz-serverless: {args.policy}: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except OSError as exc:
+        print(f"llmaz-serverless: cannot read policy {args.policy}: {exc.strerror}", file=sys.stderr)
+        return EXIT_INPUT
+    try:
+        models = ModelCatalog()
+        objects: list[dict[str, Any]] = []
+        for path in args.models or []:
+            for doc in load_documents(path):
+                if doc.get("kind") == "OpenModel":
+                    models.put(doc)
+        for path in args.file:
+            for doc in load_documents(path):
+                if doc.get("kind") == "OpenModel":
+                    models.put(doc)   # models may sit in the same file as the workloads
+                else:
+                    objects.append(doc)
+    except InputError as exc:
+        print(f"llmaz-serverless: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    if not objects:
+        print("llmaz-serverless: no objects in the input", file=sys.stderr)
+        return EXIT_INPUT
+    reports = [preview_object(o, policy, models, namespace=args.namespace) for o in objects]
+    render(reports, sys.stdout, show_patch=args.patch)
+    denied = [r for r in reports if not r["allowed"]]
+    for r in denied:
+        print(f"denied: {r['kind']} {r['namespace']}/{r['name']}: {r['message']}", file=sys.stderr)
+    return EXIT_DENIED if denied else EXIT_OK
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("preview", help="show what the webhook would do to a manifest (offline)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-f", "--file", action="append", required=True,
+                   help="manifest file (several objects allowed; '-' for stdin); repeatable")
+    p.add_argument("--policy", help="policy file (policy.yaml or a ConfigMap manifest); default: built-in")
+    p.add_argument("--models", action="append", help="file with OpenModel objects; repeatable")
+    p.add_argument("-n", "--namespace", default="default", help="namespace for objects that name none")
+    p.add_argument("--patch", action="store_true", help="also print the JSON Patch")
+    p.set_defaults(func=run)
