@@ -5,7 +5,8 @@ llmaz declares accelerators in several places, and any one of them makes a workl
 - the OpenModel's ``spec.inferenceConfig.flavors[].limits`` (the claimed flavors, else the first flavor, which
   is what llmaz itself schedules with);
 - a Playground's ``spec.backendRuntimeConfig.resources`` (requests or limits);
-- a Service's ``spec.workloadTemplate`` leader and worker pod templates (containers and init containers).
+- a Service's ``spec.workloadTemplate`` leader and worker pod templates (containers and init containers), in
+  both the current shape and the older one nested under ``leaderWorkerTemplate``.
 """
 
 from __future__ import annotations
@@ -107,8 +108,14 @@ def detect(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Detecti
     if kind == "Service":
         wt = spec.get("workloadTemplate")
         if isinstance(wt, dict):
-            _scan_pod_template(wt.get("leaderTemplate"), "spec.workloadTemplate.leaderTemplate", policy, det)
-            _scan_pod_template(wt.get("workerTemplate"), "spec.workloadTemplate.workerTemplate", policy, det)
+            # llmaz main: workloadTemplate is a LeaderWorkerTemplate; llmaz <= v0.1.x: a LeaderWorkerSet spec
+            # that nests it under leaderWorkerTemplate.
+            nested = wt.get("leaderWorkerTemplate")
+            for base, tpl in (("spec.workloadTemplate", wt),
+                              ("spec.workloadTemplate.leaderWorkerTemplate", nested)):
+                if isinstance(tpl, dict):
+                    _scan_pod_template(tpl.get("leaderTemplate"), f"{base}.leaderTemplate", policy, det)
+                    _scan_pod_template(tpl.get("workerTemplate"), f"{base}.workerTemplate", policy, det)
     names, flavors = claimed_models(spec)
     for name in names:
         model = models.get(name)

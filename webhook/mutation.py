@@ -73,6 +73,11 @@ def _convert_elastic_config(obj: dict[str, Any], warnings: list[str]) -> None:
             ann[C.ANN_MIN_REPLICAS] = str(min_r)
             carried.append(f"minReplicas={min_r}")
     hpa = (elastic.get("scaleTrigger") or {}).get("hpa") if isinstance(elastic.get("scaleTrigger"), dict) else None
+    if hpa is None:
+        # llmaz <= v0.1.x keeps the HPA trigger in backendRuntimeConfig.scaleTrigger.
+        brc = spec.get("backendRuntimeConfig") if isinstance(spec.get("backendRuntimeConfig"), dict) else {}
+        trigger = brc.get("scaleTrigger") if isinstance(brc.get("scaleTrigger"), dict) else {}
+        hpa = trigger.get("hpa")
     if isinstance(hpa, dict):
         behavior = hpa.get("behavior")
         if isinstance(behavior, dict) and behavior:

@@ -287,3 +287,14 @@ def test_risky_but_allowed_warnings():
     assert any("cannot wake" in w for w in m.warnings)
     m = run(playground(annotations={C.ANN_MIN_REPLICAS: "2"}))
     assert any("GPU replica" in w for w in m.warnings)
+
+
+def test_older_llmaz_shapes_service_template_and_scale_trigger():
+    obj = service(gpu=False)
+    obj["spec"]["workloadTemplate"] = {"leaderWorkerTemplate": {"workerTemplate": {"spec": {"containers": [
+        {"name": "model-runner", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}}}
+    assert resolved(run(obj))["gpu"] is True
+    behavior = {"scaleUp": {"stabilizationWindowSeconds": 0}}
+    pg = playground(elasticConfig={"maxReplicas": 3},
+                    backendRuntimeConfig={"scaleTrigger": {"hpa": {"behavior": behavior}}})
+    assert json.loads(ann(run(pg))[C.ANN_BEHAVIOR]) == behavior

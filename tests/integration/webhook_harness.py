@@ -1,0 +1,117 @@
+"""Run the real webhook server as a process and register it with the test API server.
+
+The webhook configurations come from the shipped manifests (``deploy/manifests/llmaz-serverless.yaml``, the
+rendered Helm chart); only ``clientConfig`` is replaced by a loopback URL and the test CA. So the rules,
+selectors, failure policy and timeouts under test are the ones users install.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from certs.authority import generate_ca, issue_serving_cert
+from datetime import timedelta
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "deploy" / "manifests" / "llmaz-serverless.yaml"
+RELEASE_NAMESPACE = "llmaz-serverless-system"
+
+
+def shipped_webhook_configurations() -> list[dict[str, Any]]:
+    docs = [d for d in yaml.safe_load_all(MANIFESTS.read_text()) if d]
+    found = [d for d in docs if d["kind"] in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")]
+    assert len(found) == 2, "the rendered manifests must hold one mutating and one validating configuration"
+    return found
+
+
+def loopback_configurations(port: int, ca_pem: bytes, failure_policy: str | None = None) -> list[dict[str, Any]]:
+    out = []
+    bundle = base64.b64encode(ca_pem).decode()
+    for cfg in shipped_webhook_configurations():
+        cfg = copy.deepcopy(cfg)
+        path = "/mutate" if cfg["kind"] == "MutatingWebhookConfiguration" else "/validate"
+        for hook in cfg["webhooks"]:
+            shipped_path = hook["clientConfig"]["service"]["path"]
+            assert shipped_path == path
+            hook["clientConfig"] = {"url": f"https://127.0.0.1:{port}{path}", "caBundle": bundle}
+            if failure_policy:
+                hook["failurePolicy"] = failure_policy
+        cfg["metadata"] = {"name": cfg["metadata"]["name"], "labels": cfg["metadata"].get("labels", {})}
+        out.append(cfg)
+    return out
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class WebhookProcess:
+    """``llmaz-serverless serve`` on loopback with a test CA, admission only (no reconciler)."""
+
+    def __init__(self, workdir: Path, policy_file: Path | None = None) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        ca = generate_ca("llmaz-serverless test CA", timedelta(days=2))
+        leaf = issue_serving_cert(ca, ["localhost"], ["127.0.0.1"], timedelta(days=1))
+        self.ca_pem = ca.cert_pem
+        (workdir / "tls.crt").write_bytes(leaf.cert_pem)
+        (workdir / "tls.key").write_bytes(leaf.key_pem)
+        (workdir / "ca.crt").write_bytes(ca.cert_pem)
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.policy_file = policy_file
+        self.proc: subprocess.Popen | None = None
+        self.log_path = workdir / "webhook.log"
+
+    def start(self, timeout: float = 30) -> None:
+        args = [sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                "--metrics-port", str(self.metrics_port), "--tls-cert-file", str(self.workdir / "tls.crt"),
+                "--tls-key-file", str(self.workdir / "tls.key"), "--cert-mode", "files", "--no-reconcile",
+                "--log-level", "info"]
+        if self.policy_file:
+            args += ["--policy-file", str(self.policy_file)]
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"webhook exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"webhook not ready after {timeout}s:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        self.proc = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cadata=self.ca_pem.decode())
+        return ctx
