@@ -1,0 +1,77 @@
+{{/*
+Fixed object names: the webhook's code refers to them, so they are not derived from the release.
+*/}}
+{{- define "llmaz-serverless.name" -}}llmaz-serverless{{- end -}}
+{{- define "llmaz-serverless.serviceName" -}}llmaz-serverless-webhook{{- end -}}
+{{- define "llmaz-serverless.webhookConfigName" -}}llmaz-serverless{{- end -}}
+{{- define "llmaz-serverless.policyConfigMap" -}}llmaz-serverless-policy{{- end -}}
+{{- define "llmaz-serverless.caSecret" -}}llmaz-serverless-ca{{- end -}}
+{{- define "llmaz-serverless.leaseName" -}}llmaz-serverless-leader{{- end -}}
+{{/* cert-manager mode only */}}
+{{- define "llmaz-serverless.servingCertificate" -}}llmaz-serverless-webhook{{- end -}}
+{{- define "llmaz-serverless.servingSecret" -}}llmaz-serverless-webhook-tls{{- end -}}
+
+{{- define "llmaz-serverless.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "llmaz-serverless.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "llmaz-serverless.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "llmaz-serverless.labels" -}}
+helm.sh/chart: {{ include "llmaz-serverless.chart" . }}
+{{ include "llmaz-serverless.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: llmaz-serverless
+{{- end -}}
+
+{{- define "llmaz-serverless.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "llmaz-serverless.certMode" -}}
+{{- if .Values.certManager.enabled -}}files{{- else -}}self-managed{{- end -}}
+{{- end -}}
+
+{{/*
+Settings shared by the mutating and the validating webhook.
+*/}}
+{{- define "llmaz-serverless.webhookCommon" -}}
+{{- $fp := .Values.webhook.failurePolicy -}}
+{{- if not (has $fp (list "Ignore" "Fail")) -}}
+{{- fail (printf "webhook.failurePolicy must be Ignore or Fail, not %v" $fp) -}}
+{{- end -}}
+{{- $t := int .Values.webhook.timeoutSeconds -}}
+{{- if or (lt $t 1) (gt $t 30) -}}
+{{- fail (printf "webhook.timeoutSeconds must be within 1..30, not %v" .Values.webhook.timeoutSeconds) -}}
+{{- end -}}
+admissionReviewVersions: ["v1"]
+sideEffects: None
+timeoutSeconds: {{ $t }}
+failurePolicy: {{ $fp }}
+matchPolicy: Equivalent
+rules:
+  - apiGroups: ["inference.llmaz.io"]
+    apiVersions: ["v1alpha1"]
+    resources: ["playgrounds", "services"]
+    operations: ["CREATE", "UPDATE"]
+    scope: Namespaced
+namespaceSelector:
+  matchExpressions:
+    - key: serverless.llmaz.io/enabled
+      operator: In
+      values: ["true"]
+    - key: kubernetes.io/metadata.name
+      operator: NotIn
+      values:
+        {{- range (uniq (concat (list "kube-system" .Release.Namespace) .Values.webhook.excludedNamespaces)) }}
+        - {{ . | quote }}
+        {{- end }}
+{{- end -}}
+
+{{- define "llmaz-serverless.injectCAFrom" -}}
+{{- printf "%s/%s" .Release.Namespace (include "llmaz-serverless.servingCertificate" .) -}}
+{{- end -}}
