@@ -38,15 +38,30 @@ need_go() {
   fi
 }
 
+# Stamp the release into /version (helm and clients read gitVersion); the stamp file records the recipe.
+K8S_STAMP="$K8S_VERSION+versioned"
+version_ldflags() {
+  local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+  local f=""
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    f+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    f+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "$f"
+}
+
 build_k8s() {
   local want=("kube-apiserver" "kube-controller-manager")
   local missing=()
   for b in "${want[@]}"; do
     if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/$b" ]]; then
       ln -sf "$KUBEBUILDER_ASSETS/$b" "$BIN/$b"
+      echo "KUBEBUILDER_ASSETS" >"$BIN/$b.version"
+      continue
     fi
-    [[ -x "$BIN/$b" && -f "$BIN/$b.version" && "$(cat "$BIN/$b.version")" == "$K8S_VERSION" ]] \
-      || [[ -L "$BIN/$b" ]] || missing+=("$b")
+    [[ -L "$BIN/$b" ]] && rm -f "$BIN/$b"   # a link left from an earlier KUBEBUILDER_ASSETS
+    [[ -x "$BIN/$b" && -f "$BIN/$b.version" && "$(cat "$BIN/$b.version")" == "$K8S_STAMP" ]] \
+      || missing+=("$b")
   done
   [[ ${#missing[@]} -eq 0 ]] && { log "kubernetes binaries cached"; return; }
   need_go
@@ -84,9 +99,10 @@ EOF
     GOFLAGS=-mod=mod go get "k8s.io/kubernetes@$K8S_VERSION" >/dev/null
     for b in "${missing[@]}"; do
       log "building $b $K8S_VERSION (several minutes on a cold cache)"
-      CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$BIN/$b.tmp" "k8s.io/kubernetes/cmd/$b"
+      CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w $(version_ldflags)" \
+        -o "$BIN/$b.tmp" "k8s.io/kubernetes/cmd/$b"
       mv "$BIN/$b.tmp" "$BIN/$b"
-      echo "$K8S_VERSION" >"$BIN/$b.version"
+      echo "$K8S_STAMP" >"$BIN/$b.version"
     done
   )
 }
