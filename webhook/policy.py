@@ -5,6 +5,8 @@ a default, so an empty ConfigMap -- or none at all -- means the built-in policy.
 (``extra="forbid"``): a typo in a policy must be reported, not silently ignored, and because a bad policy is
 never applied (the last good one stays in force) being strict costs no availability.
 
+A document overrides the built-in policy field by field (nested mappings are merged, lists replaced).
+
 Layering, from weakest to strongest, when settings are resolved for one workload::
 
     defaults  ->  gpu (only for accelerator workloads)  ->  profile (annotation or none)  ->  annotations
@@ -151,6 +153,15 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _merge(base: Any, override: Any) -> Any:
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = _merge(base[key], value) if key in base else value
+        return out
+    return override
+
+
 def parse_policy(text: str | None) -> Policy:
     """Parse a policy document (YAML or JSON). Empty means the built-in default policy."""
     if text is None or not text.strip():
@@ -164,7 +175,9 @@ def parse_policy(text: str | None) -> Policy:
     if not isinstance(data, dict):
         raise PolicyError(f"policy must be a YAML mapping, got {type(data).__name__}")
     try:
-        policy = Policy.model_validate(data)
+        # A policy document overrides the built-in policy field by field: `gpu: {cooldownPeriod: 900}` keeps
+        # the other GPU defaults, and user profiles extend the built-in ones. Lists are replaced, not merged.
+        policy = Policy.model_validate(_merge(Policy.default().model_dump(mode="json", exclude_none=True), data))
     except ValidationError as exc:
         raise PolicyError(f"invalid policy: {_describe(exc)}") from None
     # Triggers inside the policy are checked with the same rules as annotations.

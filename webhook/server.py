@@ -447,6 +447,9 @@ EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 TLS_RELOAD_INTERVAL = 10.0
 
 
+DEFAULT_NAMESPACE = "llmaz-serverless-system"
+
+
 @dataclass
 class AppState:
     """Everything ``serve`` built, handed to :func:`start_background`."""
@@ -495,32 +498,91 @@ class AppState:
 
 
 async def start_background(app_state: AppState) -> None:
-    """Hook: start everything that talks to the Kubernetes API. Called once the HTTPS server listens.
+    """Start everything that talks to the Kubernetes API; called once the HTTPS server listens.
 
-    Currently nothing is wired, and nothing needs to be when no Kubernetes-backed feature is requested (the
-    ``--cert-mode files --policy-file ... --no-reconcile`` set-up). To plug a feature in, replace its branch
-    below; use ``app_state.spawn(coro, name)`` for long-running loops (they should return when
-    ``app_state.stop_event`` is set), ``app_state.health`` for readiness, ``app_state.brain.policy`` /
-    ``app_state.brain.models`` (assign, never mutate) and ``app_state.metrics`` (``METRICS``):
+    - ``--cert-mode self-managed``: ``certs.manager.CertManager`` keeps the CA Secret, this replica's serving
+      certificate (hot-reloaded by ``app_state.tls``) and the caBundle; readiness waits for it.
+    - informers (every replica, also with ``--no-reconcile``): the policy ConfigMap feeds ``brain.policy``
+      (readiness waits for its first read) and OpenModels feed ``brain.models``, so admission never calls
+      the API server.
+    - reconcile workers (unless ``--no-reconcile``), gated by the Lease with ``--leader-election``.
 
-    - ``--policy-configmap NS/NAME``: watch the ConfigMap through ``webhook.policy_source.PolicySource``, assign
-      ``brain.policy``, set ``metrics.policy_valid`` / ``metrics.policy_errors``, and set
-      ``app_state.policy_ready = True`` after the first read (readiness waits for it).
-    - ``--cert-mode self-managed``: run ``certs.manager.CertManager(ManagerConfig(cert_dir=args.cert_dir, ...),
-      reloader=app_state.tls).run(app_state.stop_event)``; ``app_state.tls`` already polls ``cert_dir``.
-    - reconcile (unless ``--no-reconcile``), with ``--leader-election`` via ``webhook.leader``; its collectors go
-      into ``app_state.metrics.registry``.
-
-    Raising ``ConfigError`` here stops the server and exits with code 2.
+    Nothing here runs in the ``--cert-mode files --policy-file ... --no-reconcile`` set-up.
+    Raising ``ConfigError`` stops the server with exit code 2.
     """
     args = app_state.args
-    if args.policy_configmap:
-        raise ConfigError("--policy-configmap is not wired into this build yet; use --policy-file")
+    wants_cluster = bool(args.policy_configmap) or args.cert_mode == "self-managed" or not args.no_reconcile
+    if not wants_cluster:
+        return
+    service_namespace = (args.policy_configmap.split("/")[0] if args.policy_configmap
+                         else os.environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE)
+    try:
+        from .kube import Kube
+
+        kube = Kube.auto(args.kubeconfig)
+    except Exception as exc:  # noqa: BLE001 - any config problem is a start-up error with one line
+        raise ConfigError(f"cannot load Kubernetes credentials: {exc}") from None
+
     if args.cert_mode == "self-managed":
-        raise ConfigError("--cert-mode self-managed is not wired into this build yet; use --cert-mode files")
-    if not args.no_reconcile:
-        log.warning("the reconciler is not wired into this build yet: KEDA objects are not created "
-                    "(pass --no-reconcile to silence this)")
+        _start_cert_manager(app_state, service_namespace)
+
+    from .reconciler import Controller, run_controller
+
+    policy_name = args.policy_configmap.split("/")[1] if args.policy_configmap else None
+    controller = Controller(kube, app_state.brain, namespace=service_namespace, policy_configmap=policy_name,
+                            identity=None, resync=args.resync)
+    if controller.policy_informer is not None:
+        async def mark_policy_read() -> None:
+            # Readiness waits for the first read of the policy ConfigMap (or its absence).
+            await controller.policy_informer.synced.wait()
+            app_state.policy_ready = True
+            log.info("policy ConfigMap %s read", args.policy_configmap)
+
+        app_state.spawn(mark_policy_read(), "policy-ready", critical=False)
+    async def run_and_close() -> None:
+        try:
+            if args.no_reconcile:
+                # Admission only: the caches (policy, OpenModels) still follow the cluster.
+                await controller.run_informers(app_state.stop_event)
+            else:
+                await run_controller(kube, app_state.brain, namespace=service_namespace,
+                                     policy_configmap=policy_name, leader_election=args.leader_election,
+                                     identity=None, stop=app_state.stop_event, controller=controller)
+        finally:
+            await kube.close()
+
+    app_state.spawn(run_and_close(), "informers" if args.no_reconcile else "controller")
+
+
+def _is_ip(value: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return False
+
+
+def _start_cert_manager(app_state: AppState, namespace: str) -> None:
+    """Self-managed certificates: CA in a Secret, a serving cert per replica, caBundle injection."""
+    from certs.manager import CertManager, KubernetesAPI, ManagerConfig
+
+    args = app_state.args
+    api_client = None
+    if args.kubeconfig:
+        from kubernetes import config as kconfig
+
+        api_client = kconfig.new_client_from_config(config_file=args.kubeconfig)
+    manager = CertManager(
+        ManagerConfig(namespace=namespace, cert_dir=args.cert_dir or "/certs", service_name=args.service_name,
+                      mutating_webhook_config=args.webhook_config_name,
+                      validating_webhook_config=args.webhook_config_name,
+                      extra_dns_names=tuple(n for n in args.cert_extra_san if not _is_ip(n)),
+                      ip_addresses=tuple(n for n in args.cert_extra_san if _is_ip(n))),
+        KubernetesAPI(api_client), reloader=app_state.tls)
+    app_state.health.add_check("certs", lambda: manager.ready, "serving certificate or caBundle not ready")
+    app_state.spawn(manager.run(app_state.stop_event), "cert-manager")
 
 
 def _resolve_tls_paths(args: argparse.Namespace) -> tuple[str, str]:
@@ -686,6 +748,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     kube.add_argument("--no-reconcile", action="store_true",
                       help="serve admission only; do not create KEDA objects")
     kube.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
+    kube.add_argument("--resync", type=float, default=300.0,
+                      help="seconds between full resyncs of every managed workload (default %(default)s)")
+    tls.add_argument("--cert-extra-san", action="append", default=[], metavar="NAME_OR_IP",
+                     help="self-managed mode: extra DNS name or IP address in the serving certificate "
+                          "(repeatable; e.g. 127.0.0.1 for a webhook reached on loopback)")
     p.add_argument("--shutdown-grace", type=float, default=10.0,
                    help="seconds in-flight requests get to finish on SIGTERM (default %(default)s)")
     p.add_argument("--shutdown-delay", type=float, default=0.0,

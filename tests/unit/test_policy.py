@@ -25,7 +25,7 @@ def test_partial_policy_keeps_other_defaults():
     ("maxReplicasCap: 2", "above maxReplicasCap"),
     ("defaults: {minReplicas: 9, maxReplicas: 4, cooldownPeriod: 1, pollingInterval: 1, initialCooldownPeriod: 0,"
      " startAtZero: false, triggers: [http]}", "above defaults.maxReplicas"),
-    ("defaults: {minReplicas: 1}", "defaults must set"),
+    ("defaults: {triggers: null}", "defaults must set triggers"),
     ("profiles: {'bad name!': {minReplicas: 1}}", "profile name"),
     ("profiles: {x: {triggers: [teleport]}}", "profiles.x.triggers[0].type"),
     ("[unclosed", "not valid YAML"),
@@ -51,3 +51,13 @@ def test_configmap_and_file_forms(tmp_path):
 def test_shipped_example_policy_parses():
     p = load_policy_file("examples/policy.yaml")
     assert {"interactive", "always-warm", "batch"} <= set(p.profiles)
+
+
+def test_partial_nested_overrides_merge_with_builtin_defaults():
+    p = parse_policy("gpu: {cooldownPeriod: 900}\nprofiles: {nightly: {minReplicas: 0}}\n"
+                     "defaults: {triggers: [queue-depth]}")
+    d = Policy.default()
+    assert p.gpu.cooldownPeriod == 900
+    assert p.gpu.minReplicas == d.gpu.minReplicas == 0 and p.gpu.startAtZero is True
+    assert set(p.profiles) == set(d.profiles) | {"nightly"}
+    assert p.defaults.triggers == ["queue-depth"] and p.defaults.maxReplicas == d.defaults.maxReplicas
