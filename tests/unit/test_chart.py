@@ -162,13 +162,15 @@ WILDCARD = "*"
 EXPECTED_CLUSTER_RULES = {
     ("inference.llmaz.io", "playgrounds"): {"get", "list", "watch", "patch", "update"},
     ("inference.llmaz.io", "services"): {"get", "list", "watch", "patch", "update"},
+    ("inference.llmaz.io", "playgrounds/finalizers"): {"update"},
+    ("inference.llmaz.io", "services/finalizers"): {"update"},
     ("llmaz.io", "openmodels"): {"get", "list", "watch"},
     ("keda.sh", "scaledobjects"): {"get", "list", "watch", "create", "update", "patch", "delete"},
     ("http.keda.sh", "interceptorroutes"): {"get", "list", "watch", "create", "update", "patch", "delete"},
     ("", "namespaces"): {"get", "list", "watch"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
-    ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch"},
+    ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "delete"},
     ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"): {"get", "list", "watch", "patch"},
     ("admissionregistration.k8s.io", "validatingwebhookconfigurations"): {"get", "list", "watch", "patch"},
 }
