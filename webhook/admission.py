@@ -6,6 +6,7 @@ never an in-place edit), so a request in flight always sees one consistent polic
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -21,12 +22,66 @@ from .validation import validate
 
 log = logging.getLogger("llmaz_serverless.admission")
 
+
+def _diff_builder_works() -> bool:
+    """jsonpatch.JsonPatch.from_diff is ``DiffBuilder(src, dst, dumps)._compare_values("", None, src, dst)`` then
+    ``execute()``, plus a validation of the result. ``make_patch`` calls the first part directly when this
+    internal shape gives what ``jsonpatch.make_patch`` gives (checked once, at import), else the public call."""
+    a = {"k": 1, "d": {"l": [1], "x": "y"}, "r": True}
+    b = {"k": 2, "d": {"l": [1, 2]}, "n": {"a/b": None}}
+    try:
+        builder = jsonpatch.DiffBuilder(a, b, json.dumps)
+        builder._compare_values("", None, a, b)
+        return list(builder.execute()) == list(jsonpatch.make_patch(a, b))
+    except Exception:  # noqa: BLE001 - any change of the internals: use the public API
+        return False
+
+
+_DIFF_BUILDER = _diff_builder_works()
+
 HANDLED_OPERATIONS = ("CREATE", "UPDATE")
 
 
+def _drop_shared(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``a`` and ``b`` without the keys whose values are the very same object in both (recursively, through
+    dicts that are distinct objects). A shared value cannot differ, so the JSON Patch between the results is the
+    one between ``a`` and ``b``: keys keep their names and lists are kept whole, so every path is unchanged."""
+    a2: dict[str, Any] = {}
+    b2: dict[str, Any] = {}
+    for key, va in a.items():
+        if key in b:
+            vb = b[key]
+            if va is vb:
+                continue
+            if isinstance(va, dict) and isinstance(vb, dict):
+                va, vb = _drop_shared(va, vb)
+            b2[key] = vb
+        a2[key] = va
+    for key, vb in b.items():
+        if key not in a:
+            b2[key] = vb
+    return a2, b2
+
+
 def make_patch(raw: dict[str, Any], mutated: dict[str, Any]) -> list[dict[str, Any]]:
-    """JSON Patch from the raw request object to the mutated copy (escapes '/' in keys as '~1')."""
-    return list(jsonpatch.make_patch(raw, mutated))
+    """JSON Patch from the raw request object to the mutated copy (escapes '/' in keys as '~1').
+
+    ``mutation.mutate`` shares every sub-tree it does not write with ``raw``; those are left out before diffing,
+    so the cost follows what the rules touched, not the size of the object (managedFields, large annotations)."""
+    if raw is mutated:
+        return []
+    src, dst = _drop_shared(raw, mutated)
+    if _DIFF_BUILDER:
+        # What jsonpatch.make_patch does, minus re-validating the operations it has just generated (that
+        # validation parsed every path again and cost more than the diff of a few annotations). This leans on
+        # jsonpatch internals, so any surprise there falls back to the public function.
+        try:
+            builder = jsonpatch.DiffBuilder(src, dst, json.dumps)
+            builder._compare_values("", None, src, dst)
+            return list(builder.execute())
+        except (AttributeError, TypeError):
+            pass
+    return list(jsonpatch.make_patch(src, dst))
 
 
 class Brain:

@@ -18,7 +18,6 @@ Rules, in order:
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +26,7 @@ from . import constants as C
 from .errors import Denied
 from .models import ModelCatalog
 from .policy import Policy
-from .settings import Analysis, analyze, annotations_of
+from .settings import Analysis, analyze, annotations_of, opted_out
 
 
 @dataclass
@@ -39,7 +38,9 @@ class Mutation:
 
 
 def _annotations(obj: dict[str, Any]) -> dict[str, Any]:
-    meta = obj.setdefault("metadata", {})
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):   # absent or null
+        meta = obj["metadata"] = {}
     ann = meta.get("annotations")
     if not isinstance(ann, dict):
         ann = meta["annotations"] = {}
@@ -103,15 +104,40 @@ def _replicas(obj: dict[str, Any]) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _writable_copy(raw: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``raw`` in which the containers the rules write to are new dicts: the object itself,
+    ``metadata``, ``metadata.annotations`` and ``spec``. Everything below them (managedFields, the pod templates,
+    the other annotations' values ...) is shared with ``raw``, never written.
+
+    This replaces a deep copy: an UPDATE carries objects of hundreds of KB (managedFields, last-applied
+    annotations) and copying them cost more than everything else the rules do. It also lets
+    ``admission.make_patch`` skip the shared sub-trees, which cannot differ."""
+    obj = dict(raw)
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta = obj["metadata"] = dict(meta)
+        ann = meta.get("annotations")
+        if isinstance(ann, dict):
+            meta["annotations"] = dict(ann)
+    spec = obj.get("spec")
+    if isinstance(spec, dict):
+        obj["spec"] = dict(spec)
+    return obj
+
+
 def mutate(raw: dict[str, Any], old: dict[str, Any] | None, operation: str, policy: Policy,
            models: ModelCatalog) -> Mutation:
-    """Return the mutated copy of ``raw``; raise ``Denied`` if the object's settings are invalid."""
-    obj = copy.deepcopy(raw)
+    """Return the mutated copy of ``raw``; raise ``Denied`` if the object's settings are invalid.
+
+    ``raw`` is never modified. The copy shares the sub-trees the rules do not write with ``raw`` (see
+    ``_writable_copy``): treat both as read-only, or deep-copy before editing nested parts."""
+    obj = _writable_copy(raw)
     warnings: list[str] = []
     kind = obj.get("kind")
     if kind == C.KIND_PLAYGROUND and isinstance(obj.get("spec"), dict) and "elasticConfig" in obj["spec"]:
-        pre = analyze(obj, policy, models)
-        if pre.managed:
+        # A Playground is managed unless opted out (what ``analyze`` decides first); checked directly rather
+        # than by a second full analysis.
+        if not opted_out(obj):
             _convert_elastic_config(obj, warnings)
     an = analyze(obj, policy, models)
     if not an.managed:
@@ -130,7 +156,9 @@ def mutate(raw: dict[str, Any], old: dict[str, Any] | None, operation: str, poli
     ann[C.ANN_MANAGED] = "true"
     ann[C.ANN_RESOLVED] = s.as_annotation()
 
-    spec = obj.setdefault("spec", {})
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):   # absent or null
+        spec = obj["spec"] = {}
     live = _replicas(old) if operation == "UPDATE" and old is not None else None
     if live is not None:
         spec["replicas"] = live
