@@ -218,10 +218,42 @@ def _name_problems(obj: dict[str, Any]) -> list[Problem]:
     return []
 
 
+def shape_problems(obj: dict[str, Any]) -> list[Problem]:
+    """The structure the rules rely on. A custom resource's schema is checked only after mutating admission, so
+    a webhook can see ``spec: []``; that is the client's error and must be denied as such, never crash a rule."""
+    problems = []
+    meta = obj.get("metadata")
+    if meta is not None and not isinstance(meta, dict):
+        problems.append(Problem("metadata", f"must be a mapping, got {type(meta).__name__}"))
+        meta = {}
+    meta = meta or {}
+    for key in ("name", "generateName", "namespace"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            problems.append(Problem(f"metadata.{key}", f"must be a string, got {type(meta[key]).__name__}"))
+    ann = meta.get("annotations")
+    if ann is not None and not isinstance(ann, dict):
+        problems.append(Problem("metadata.annotations", f"must be a mapping, got {type(ann).__name__}"))
+    elif isinstance(ann, dict):
+        for key, value in ann.items():
+            if str(key).startswith(C.PREFIX) and not isinstance(value, str):
+                problems.append(Problem(str(key), f"annotation values must be strings, got {type(value).__name__}",
+                                        "quote the value in YAML, e.g. \"4\""))
+    spec = obj.get("spec")
+    if spec is not None and not isinstance(spec, dict):
+        problems.append(Problem("spec", f"must be a mapping, got {type(spec).__name__}"))
+    return problems
+
+
 def analyze(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Analysis:
     """Decide whether ``obj`` is managed and, if so, with which settings. Pure."""
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
     kind = str(obj.get("kind") or "")
+    if kind in C.WORKLOAD_KINDS:
+        broken = shape_problems(obj)
+        if broken:
+            an = Analysis(kind=kind, name="", namespace="", managed=True)
+            an.problems.extend(broken)
+            return an
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
     an = Analysis(kind=kind, name=str(meta.get("name") or meta.get("generateName") or ""),
                   namespace=str(meta.get("namespace") or ""), managed=False)
     if kind not in C.WORKLOAD_KINDS:

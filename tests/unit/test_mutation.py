@@ -298,3 +298,22 @@ def test_older_llmaz_shapes_service_template_and_scale_trigger():
     pg = playground(elasticConfig={"maxReplicas": 3},
                     backendRuntimeConfig={"scaleTrigger": {"hpa": {"behavior": behavior}}})
     assert json.loads(ann(run(pg))[C.ANN_BEHAVIOR]) == behavior
+
+
+@pytest.mark.parametrize("patch,where", [
+    ({"spec": []}, "spec: must be a mapping"),
+    ({"metadata": {"name": 7}}, "metadata.name: must be a string"),
+    ({"metadata": {"name": "x", "annotations": {C.ANN_MAX_REPLICAS: 4}}}, "annotation values must be strings"),
+    ({"metadata": {"name": "x", "annotations": ["a"]}}, "metadata.annotations: must be a mapping"),
+])
+def test_malformed_shapes_are_denied_not_crashing(patch, where):
+    obj = playground()
+    obj.update(patch)
+    assert where in denial(obj)
+
+
+def test_null_metadata_and_spec_are_treated_as_absent():
+    obj = {"apiVersion": C.LLMAZ_API_VERSION, "kind": "Playground", "metadata": None, "spec": None}
+    m = run(obj)
+    assert m.obj["metadata"]["annotations"][C.ANN_MANAGED] == "true"
+    assert jsonpatch.apply_patch(obj, make_patch(obj, m.obj)) == m.obj
