@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import constants as C
-from .errors import Denied
+from .errors import Denied, Problem
 from .models import ModelCatalog
 from .policy import Policy
 from .settings import Analysis, analyze, annotations_of, opted_out
@@ -47,14 +47,16 @@ def _annotations(obj: dict[str, Any]) -> dict[str, Any]:
     return ann
 
 
-def _convert_elastic_config(obj: dict[str, Any], warnings: list[str]) -> None:
+def _convert_elastic_config(obj: dict[str, Any], warnings: list[str]) -> list[str]:
+    """Move ``spec.elasticConfig`` into our annotations; returns the annotation keys it wrote."""
     spec = obj.get("spec")
     if not isinstance(spec, dict) or "elasticConfig" not in spec:
-        return
+        return []
     elastic = spec.pop("elasticConfig")
     if not isinstance(elastic, dict):
         warnings.append("spec.elasticConfig was not a mapping and has been removed")
-        return
+        return []
+    written: list[str] = []
     ann = _annotations(obj)
     carried, ignored = [], []
     max_r = elastic.get("maxReplicas")
@@ -63,6 +65,7 @@ def _convert_elastic_config(obj: dict[str, Any], warnings: list[str]) -> None:
             ignored.append(f"maxReplicas (annotation {C.ANN_MAX_REPLICAS} wins)")
         else:
             ann[C.ANN_MAX_REPLICAS] = str(max_r)
+            written.append(C.ANN_MAX_REPLICAS)
             carried.append(f"maxReplicas={max_r}")
     min_r = elastic.get("minReplicas")
     # llmaz cannot express 0 there (its own webhook rejects it) and defaults to 1, so only a value above 1
@@ -72,6 +75,7 @@ def _convert_elastic_config(obj: dict[str, Any], warnings: list[str]) -> None:
             ignored.append(f"minReplicas (annotation {C.ANN_MIN_REPLICAS} wins)")
         else:
             ann[C.ANN_MIN_REPLICAS] = str(min_r)
+            written.append(C.ANN_MIN_REPLICAS)
             carried.append(f"minReplicas={min_r}")
     hpa = (elastic.get("scaleTrigger") or {}).get("hpa") if isinstance(elastic.get("scaleTrigger"), dict) else None
     if hpa is None:
@@ -86,6 +90,7 @@ def _convert_elastic_config(obj: dict[str, Any], warnings: list[str]) -> None:
                 ignored.append(f"behavior (annotation {C.ANN_BEHAVIOR} wins)")
             else:
                 ann[C.ANN_BEHAVIOR] = json.dumps(behavior, sort_keys=True, separators=(",", ":"))
+                written.append(C.ANN_BEHAVIOR)
                 carried.append("behavior")
         if hpa.get("metrics"):
             ignored.append("HPA metrics (use trigger presets instead)")
@@ -96,6 +101,7 @@ def _convert_elastic_config(obj: dict[str, Any], warnings: list[str]) -> None:
     if ignored:
         msg += f"; not carried over: {', '.join(ignored)}"
     warnings.append(msg)
+    return written
 
 
 def _replicas(obj: dict[str, Any]) -> int | None:
@@ -134,11 +140,12 @@ def mutate(raw: dict[str, Any], old: dict[str, Any] | None, operation: str, poli
     obj = _writable_copy(raw)
     warnings: list[str] = []
     kind = obj.get("kind")
+    converted: list[str] = []
     if kind == C.KIND_PLAYGROUND and isinstance(obj.get("spec"), dict) and "elasticConfig" in obj["spec"]:
         # A Playground is managed unless opted out (what ``analyze`` decides first); checked directly rather
         # than by a second full analysis.
         if not opted_out(obj):
-            _convert_elastic_config(obj, warnings)
+            converted = _convert_elastic_config(obj, warnings)
     an = analyze(obj, policy, models)
     if not an.managed:
         ann = annotations_of(obj)
@@ -149,7 +156,14 @@ def mutate(raw: dict[str, Any], old: dict[str, Any] | None, operation: str, poli
             obj["metadata"].pop("annotations")
         return Mutation(obj=obj, analysis=an, warnings=warnings, changed=obj != raw)
     if an.problems:
-        raise Denied(an.problems)
+        problems = list(an.problems)
+        blamed = sorted({k for k in converted for p in problems if k in p.where or k in p.fix})
+        if blamed:
+            # The user wrote elasticConfig, not these annotations: say where the values came from.
+            problems.append(Problem("spec.elasticConfig", f"was converted into {', '.join(blamed)}, which the "
+                                    "problems above refer to", "fix the values in spec.elasticConfig or set "
+                                    "those annotations explicitly"))
+        raise Denied(problems)
     assert an.settings is not None
     s = an.settings
     ann = _annotations(obj)

@@ -317,3 +317,8 @@ def test_null_metadata_and_spec_are_treated_as_absent():
     m = run(obj)
     assert m.obj["metadata"]["annotations"][C.ANN_MANAGED] == "true"
     assert jsonpatch.apply_patch(obj, make_patch(obj, m.obj)) == m.obj
+
+
+def test_denial_caused_by_converted_elastic_config_says_so():
+    message = denial(playground(annotations={C.ANN_MIN_REPLICAS: "5"}, elasticConfig={"maxReplicas": 3}))
+    assert "spec.elasticConfig: was converted into serverless.llmaz.io/max-replicas" in message
