@@ -347,8 +347,9 @@ def test_random_annotation_values(obj: dict[str, Any], operation: str) -> None:
         event(f"Denied ({len(d.problems)} problem(s))" if len(d.problems) < 3 else "Denied (3+ problems)")
         assert obj == raw_before, "mutate modified its input"
         set_keys = [k for k in (obj["metadata"].get("annotations") or {}) if k.startswith(C.PREFIX)]
-        if "elasticConfig" in obj["spec"]:   # carried over into these annotations before the rules run
-            set_keys += [C.ANN_MIN_REPLICAS, C.ANN_MAX_REPLICAS, C.ANN_BEHAVIOR]
+        if "elasticConfig" in obj["spec"]:   # carried over into these annotations before the rules run,
+            # and a denial they cause also names spec.elasticConfig, the field the user wrote
+            set_keys += [C.ANN_MIN_REPLICAS, C.ANN_MAX_REPLICAS, C.ANN_BEHAVIOR, "spec.elasticConfig"]
         assert d.problems
         for problem in d.problems:
             assert any(problem.where.startswith(k) for k in set_keys), (problem, set_keys)
