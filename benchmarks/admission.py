@@ -32,7 +32,6 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -47,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bodies  # noqa: E402
+from tests.integration.controlplane import free_port  # noqa: E402
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 SERVER_CORE, LOADGEN_CORE = 1, 0
@@ -54,12 +54,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def can_pin() -> bool:

@@ -28,11 +28,6 @@ class ModelCatalog:
     def remove(self, name: str) -> None:
         self._models.pop(name, None)
 
-    def replace_all(self, models: Iterable[dict[str, Any]]) -> None:
-        fresh = ModelCatalog(models)
-        self._models = fresh._models
-        self.synced = True
-
     def get(self, name: str) -> dict[str, Any] | None:
         return self._models.get(name)
 

@@ -47,7 +47,7 @@ def _annotations(obj: dict[str, Any]) -> dict[str, Any]:
     return ann
 
 
-def _convert_elastic_config(obj: dict[str, Any], warnings: list[str]) -> list[str]:
+def convert_elastic_config(obj: dict[str, Any], warnings: list[str]) -> list[str]:
     """Move ``spec.elasticConfig`` into our annotations; returns the annotation keys it wrote."""
     spec = obj.get("spec")
     if not isinstance(spec, dict) or "elasticConfig" not in spec:
@@ -145,7 +145,7 @@ def mutate(raw: dict[str, Any], old: dict[str, Any] | None, operation: str, poli
         # A Playground is managed unless opted out (what ``analyze`` decides first); checked directly rather
         # than by a second full analysis.
         if not opted_out(obj):
-            converted = _convert_elastic_config(obj, warnings)
+            converted = convert_elastic_config(obj, warnings)
     an = analyze(obj, policy, models)
     if not an.managed:
         ann = annotations_of(obj)

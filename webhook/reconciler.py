@@ -86,6 +86,7 @@ from .keda import Desired, desired_objects
 from .kube import (CONFIGMAPS, HPAS, INTERCEPTORROUTES, NAMESPACES, OPENMODELS, PLAYGROUNDS, SCALEDOBJECTS,
                    SERVICES, WORKLOAD_RESOURCES, ApiError, Conflict, Kube, NotFound, Resource)
 from .leader import DEFAULT_LEASE_NAME, LeaderElector, default_identity
+from . import mutation
 from .policy_source import PolicySource
 from .settings import opted_out, owned_by_playground
 
@@ -623,13 +624,11 @@ def classify_hpas(workload: dict[str, Any], hpas: Iterable[dict[str, Any]]) -> t
 
 
 def convert_elastic_config(workload: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
-    """``workload`` with ``spec.elasticConfig`` turned into our annotations (as the mutating webhook does),
-    the JSON patch that gets there, and the conversion notes."""
-    from .mutation import _convert_elastic_config
-
+    """``workload`` with ``spec.elasticConfig`` turned into our annotations (by the mutating webhook's own
+    rule), the JSON patch that gets there, and the conversion notes."""
     converted = copy.deepcopy(workload)
     notes: list[str] = []
-    _convert_elastic_config(converted, notes)
+    mutation.convert_elastic_config(converted, notes)
 
     def part(o: dict[str, Any]) -> dict[str, Any]:
         meta = o.get("metadata") or {}

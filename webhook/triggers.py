@@ -702,7 +702,7 @@ def _cron_part(part: str, lo: int, hi: int, names: dict[str, int], label: str) -
                 return f"{label} step {step!r} must be a positive number"
         if base in ("*", "?"):
             if base == "?" and label not in ("day of month", "day of week"):
-                return f"'?' is only allowed in day of month or day of week"
+                return "'?' is only allowed in day of month or day of week"
             return None
         if not base:
             return f"empty {label} field"

@@ -46,7 +46,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import yaml
 from cryptography import x509
@@ -357,6 +357,36 @@ def _help_text(binary: Path) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+
+
+def _http_get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def _poll(what: str, timeout: float, probe: Callable[[], tuple[bool, Any, str]], proc: "_Proc | None" = None,
+          interval: float = 0.1) -> Any:
+    """Call ``probe`` (-> done, value, what was seen) until done; fail after ``timeout`` seconds with the last
+    observation and, for a process, its log tail. A dead process fails at once."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        if proc is not None:
+            proc.check_alive()
+        try:
+            done, value, last = probe()
+            if done:
+                return value
+        except (OSError, ssl.SSLError, http.client.HTTPException, ValueError) as e:
+            last = repr(e)
+        if time.monotonic() > deadline:
+            tail = f":\n{proc.log_tail()}" if proc is not None else ""
+            raise ControlPlaneError(f"{what} within {timeout:.0f}s ({last}){tail}")
+        time.sleep(interval)
 
 
 class ControlPlane:
@@ -670,27 +700,21 @@ class ControlPlane:
 
     def wait_crd_established(self, name: str, timeout: float = CRD_ESTABLISHED_TIMEOUT) -> float:
         """Wait until the CRD is Established; returns its lastTransitionTime (epoch seconds)."""
-        deadline = time.monotonic() + timeout
-        last = ""
-        while True:
-            status, body = self.request(
-                "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
-                headers={"Accept": "application/json"},
-            )
-            if status == 200:
-                conds = {c.get("type"): c for c in (json.loads(body).get("status") or {}).get("conditions") or []}
-                est = conds.get("Established", {})
-                if est.get("status") == "True":
-                    try:
-                        return _dt.datetime.fromisoformat(est["lastTransitionTime"].replace("Z", "+00:00")).timestamp()
-                    except (KeyError, ValueError):
-                        return time.time()
-                last = json.dumps(list(conds.values()))
-            else:
-                last = f"HTTP {status}"
-            if time.monotonic() > deadline:
-                raise ControlPlaneError(f"CRD {name} not Established within {timeout:.0f}s: {last}")
-            time.sleep(0.1)
+        def probe() -> tuple[bool, float, str]:
+            status, body = self.request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
+                                        headers={"Accept": "application/json"})
+            if status != 200:
+                return False, 0.0, f"HTTP {status}"
+            conds = {c.get("type"): c for c in (json.loads(body).get("status") or {}).get("conditions") or []}
+            est = conds.get("Established", {})
+            if est.get("status") != "True":
+                return False, 0.0, json.dumps(list(conds.values()))
+            try:
+                return True, _dt.datetime.fromisoformat(est["lastTransitionTime"].replace("Z", "+00:00")).timestamp(), ""
+            except (KeyError, ValueError):
+                return True, time.time(), ""
+
+        return _poll(f"CRD {name} not Established", timeout, probe)
 
     # ------------------------------------------------------------------ internals
 
@@ -785,27 +809,11 @@ class ControlPlane:
         return args
 
     def _wait_etcd(self, timeout: float = ETCD_READY_TIMEOUT) -> None:
-        proc = self._procs["etcd"]
-        deadline = time.monotonic() + timeout
-        last = ""
-        while True:
-            proc.check_alive()
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.etcd_port, timeout=2)
-                try:
-                    conn.request("GET", "/health")
-                    r = conn.getresponse()
-                    body = r.read()
-                finally:
-                    conn.close()
-                if r.status == 200 and json.loads(body).get("health") == "true":
-                    return
-                last = f"HTTP {r.status} {body[:200]!r}"
-            except (OSError, ValueError) as e:
-                last = repr(e)
-            if time.monotonic() > deadline:
-                raise ControlPlaneError(f"etcd not healthy within {timeout:.0f}s ({last}):\n{proc.log_tail()}")
-            time.sleep(0.05)
+        def probe() -> tuple[bool, None, str]:
+            status, body = _http_get(http.client.HTTPConnection("127.0.0.1", self.etcd_port, timeout=2), "/health")
+            return status == 200 and json.loads(body).get("health") == "true", None, f"HTTP {status} {body[:200]!r}"
+
+        _poll("etcd not healthy", timeout, probe, proc=self._procs["etcd"], interval=0.05)
 
     def _apiserver_args(self) -> list[str]:
         args = [
@@ -836,23 +844,11 @@ class ControlPlane:
         return args + self.extra_apiserver_args
 
     def wait_apiserver_ready(self, timeout: float = APISERVER_READY_TIMEOUT) -> None:
-        proc = self._procs["kube-apiserver"]
-        deadline = time.monotonic() + timeout
-        last = ""
-        while True:
-            proc.check_alive()
-            try:
-                status, body = self.request("GET", "/readyz", timeout=3)
-                if status == 200:
-                    return
-                last = f"HTTP {status} {body[-500:]!r}"
-            except (OSError, ssl.SSLError, http.client.HTTPException) as e:
-                last = repr(e)
-            if time.monotonic() > deadline:
-                raise ControlPlaneError(
-                    f"kube-apiserver not ready within {timeout:.0f}s ({last}):\n{proc.log_tail()}"
-                )
-            time.sleep(0.1)
+        def probe() -> tuple[bool, None, str]:
+            status, body = self.request("GET", "/readyz", timeout=3)
+            return status == 200, None, f"HTTP {status} {body[-500:]!r}"
+
+        _poll("kube-apiserver not ready", timeout, probe, proc=self._procs["kube-apiserver"])
 
     def _controller_manager_args(self) -> list[str]:
         kcm_cert_dir = self.workdir / "kcm-certs"
@@ -877,39 +873,23 @@ class ControlPlane:
     def _wait_controller_manager(self, timeout: float = CONTROLLER_MANAGER_READY_TIMEOUT) -> None:
         """healthz of the controller manager, then the `default` ServiceAccount in `default` (proof
         that its controllers run)."""
-        proc = self._procs["kube-controller-manager"]
-        deadline = time.monotonic() + timeout
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE
-        last = ""
         healthy = False
-        while True:
-            proc.check_alive()
-            try:
+
+        def probe() -> tuple[bool, None, str]:
+            nonlocal healthy
+            if not healthy:
+                status, body = _http_get(http.client.HTTPSConnection(
+                    "127.0.0.1", self.controller_manager_port, context=insecure, timeout=3), "/healthz")
+                healthy = status == 200
                 if not healthy:
-                    conn = http.client.HTTPSConnection("127.0.0.1", self.controller_manager_port,
-                                                       context=insecure, timeout=3)
-                    try:
-                        conn.request("GET", "/healthz")
-                        r = conn.getresponse()
-                        body = r.read()
-                    finally:
-                        conn.close()
-                    healthy = r.status == 200
-                    last = f"healthz HTTP {r.status} {body[-300:]!r}"
-                if healthy:
-                    status, body = self.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")
-                    if status == 200:
-                        return
-                    last = f"ServiceAccount default/default: HTTP {status}"
-            except (OSError, ssl.SSLError, http.client.HTTPException) as e:
-                last = repr(e)
-            if time.monotonic() > deadline:
-                raise ControlPlaneError(
-                    f"kube-controller-manager not ready within {timeout:.0f}s ({last}):\n{proc.log_tail()}"
-                )
-            time.sleep(0.1)
+                    return False, None, f"healthz HTTP {status} {body[-300:]!r}"
+            status, _ = self.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")
+            return status == 200, None, f"ServiceAccount default/default: HTTP {status}"
+
+        _poll("kube-controller-manager not ready", timeout, probe, proc=self._procs["kube-controller-manager"])
 
 
 if __name__ == "__main__":  # pragma: no cover - manual smoke run

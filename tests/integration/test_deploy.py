@@ -43,6 +43,7 @@ from webhook.admission import Brain
 from webhook.kube import (EVENTS, HPAS, INTERCEPTORROUTES, LEASES, PLAYGROUNDS, SCALEDOBJECTS, ApiError, Kube,
                           KubeConfig, NotFound)
 from webhook.reconciler import Controller, run_controller
+from tests.integration.test_reconciler import wait_for as poll
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "llmaz-serverless"
@@ -550,22 +551,14 @@ def gpu_playground(name: str, replicas: int = 0, **spec: Any) -> dict[str, Any]:
 
 async def wait_for(probe, what: str, timeout: float = 20.0, interval: float = 0.05,
                    running: "ChartController | None" = None) -> Any:
-    """Poll ``probe`` until truthy. With ``running``: fail at once when the controller was refused a
+    """``test_reconciler.wait_for``, and with ``running``: fail at once when the controller was refused a
     request (a missing permission would otherwise only show up as a timeout)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
+    async def checked() -> Any:
         if running is not None:
             running.assert_nothing_denied()
-        try:
-            last = await probe()
-        except NotFound:
-            last = None
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
-        await asyncio.sleep(interval)
+        return await probe()
+
+    return await poll(checked, timeout=timeout, interval=interval, what=what)
 
 
 async def get_or_none(kube: Kube, res, name: str, ns: str | None) -> dict[str, Any] | None:

@@ -11,18 +11,18 @@ import base64
 import copy
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from datetime import timedelta
 from typing import Any
 
 import yaml
 
 from certs.authority import generate_ca, issue_serving_cert
-from datetime import timedelta
+from tests.integration.controlplane import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "deploy" / "manifests" / "llmaz-serverless.yaml"
@@ -51,14 +51,6 @@ def loopback_configurations(port: int, ca_pem: bytes, failure_policy: str | None
         cfg["metadata"] = {"name": cfg["metadata"]["name"], "labels": cfg["metadata"].get("labels", {})}
         out.append(cfg)
     return out
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class WebhookProcess:
@@ -111,7 +103,3 @@ class WebhookProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=5)
         self.proc = None
-
-    def ssl_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cadata=self.ca_pem.decode())
-        return ctx

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import jsonpatch
 import pytest
 
 from certs.reload import ReloadingSSLContext
+from tests.integration.controlplane import free_port
 from webhook.admission import Brain
 from webhook.errors import Internal
 from webhook.server import Health, WebhookServer
@@ -384,12 +384,6 @@ async def test_graceful_stop_lets_in_flight_request_finish(tls_dir, client, clie
 
 
 # ------------------------------------------------------------------------------------------ the serve CLI
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_cmd(tls_dir: Path, policy: Path, port: int, metrics_port: int) -> list[str]:
