@@ -5,13 +5,20 @@
 # directory outside the repository ($LLMAZ_SERVERLESS_CACHE, default ~/.cache/llmaz-serverless).
 # A second run reuses what is there. Nothing here is committed to git.
 #
-#   bin/etcd  bin/kube-apiserver  bin/kube-controller-manager  bin/helm
-#   crds/<project>/*.yaml
+#   bin/etcd  bin/kube-apiserver  bin/kube-controller-manager  bin/helm       (control plane)
+#   bin/kube-scheduler  bin/kubectl  bin/keda-operator  bin/keda-adapter  bin/llmaz-manager
+#   bin/lws-manager  bin/kwok  bin/redis-server                               (live stack, tests/e2e)
+#   crds/<project>/*.yaml  config/<project>/*.yaml
 #
 # If KUBEBUILDER_ASSETS points at a directory that already holds etcd and kube-apiserver
 # (the envtest convention), those binaries are used instead of building them.
 #
-# Usage: provide.sh [all|control-plane|crds|helm]   (default: all)
+# The live stack (tests/e2e) adds the upstream controllers that make a Playground at zero really wake up:
+# KEDA's operator and metrics adapter, the llmaz manager, LeaderWorkerSet, kube-scheduler, kwok (the fake
+# kubelet) and kubectl, each built from its Go module at a pinned version in a small wrapper module, and
+# Redis from Debian's packages (unpacked into the cache; no daemon is started).
+#
+# Usage: provide.sh [all|control-plane|crds|helm|stack]   (default: all)
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.34.4}"          # KEDA v2.20 supports Kubernetes 1.33-1.35
@@ -20,14 +27,16 @@ HELM_VERSION="${HELM_VERSION:-v3.19.0}"
 LLMAZ_VERSION="v0.1.1"
 LLMAZ_ZIP_SHA256="fce4bf8a00ebc0090837a0f9089082d0f3a35a063ea5b7b385300c8b3922b5a5"
 LWS_VERSION="v0.7.0"
-KEDA_VERSION="v2.20.2"
+KEDA_VERSION="v2.20.2"            # v2.21 targets Kubernetes 0.36 libraries; v2.20 supports 1.33-1.35
 HTTP_ADDON_VERSION="v0.15.0"
+KWOK_VERSION="v0.8.0"
 
 CACHE="${LLMAZ_SERVERLESS_CACHE:-$HOME/.cache/llmaz-serverless}"
 BIN="$CACHE/bin"
 CRDS="$CACHE/crds"
+CONFIG="$CACHE/config"
 WORK="$CACHE/build"
-mkdir -p "$BIN" "$CRDS" "$WORK"
+mkdir -p "$BIN" "$CRDS" "$CONFIG" "$WORK"
 
 log() { printf '[provide] %s\n' "$*" >&2; }
 
@@ -51,7 +60,7 @@ version_ldflags() {
 }
 
 build_k8s() {
-  local want=("kube-apiserver" "kube-controller-manager")
+  local want=("kube-apiserver" "kube-controller-manager" "$@")
   local missing=()
   for b in "${want[@]}"; do
     if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/$b" ]]; then
@@ -90,6 +99,8 @@ package tools
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
 )
 EOF
   (
@@ -192,12 +203,139 @@ provide_crds() {
     config/crd/bases/http.keda.sh_interceptorroutes.yaml
 }
 
+# build_wrapped <module> <version> <stamp> <replace-from-upstream: yes|no> <zip sha256 or ""> <bin>=<package>...
+# Builds binaries of an upstream Go module at a pinned version through a small wrapper module (`go install
+# pkg@version` cannot honour the module's own replace block, and the proxy here refuses version lists).
+build_wrapped() {
+  local mod="$1" ver="$2" stamp="$3" upstream_replace="$4" sum="$5"; shift 5
+  local missing=() spec
+  for spec in "$@"; do
+    local b="${spec%%=*}"
+    [[ -x "$BIN/$b" && -f "$BIN/$b.version" && "$(cat "$BIN/$b.version")" == "$stamp" ]] || missing+=("$spec")
+  done
+  [[ ${#missing[@]} -eq 0 ]] && { log "$mod $ver cached"; return; }
+  need_go
+  local dir="$WORK/$(echo "$mod" | tr '/.' '__')-$ver"
+  mkdir -p "$dir"
+  local nosum=(env)
+  if [[ -n "$sum" ]]; then
+    # Not in the public checksum database: the module zip is pinned by its hash here instead.
+    nosum=(env "GONOSUMDB=$mod")
+    local zip
+    zip="$("${nosum[@]}" GOFLAGS=-mod=mod go mod download -json "$mod@$ver" | sed -n 's/.*"Zip": "\(.*\)".*/\1/p')"
+    echo "$sum  $zip" | sha256sum -c --quiet - || { log "checksum mismatch for $mod@$ver"; exit 4; }
+  fi
+  local gomod
+  gomod="$("${nosum[@]}" GOFLAGS=-mod=mod go mod download -json "$mod@$ver" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+  local gover
+  gover="$(sed -n 's/^go \([0-9.]*\).*/\1/p' "$gomod" | head -n1)"
+  {
+    echo "module llmaz-serverless/wrap-$(basename "$dir")"
+    echo
+    echo "go ${gover:-1.24.0}"
+    echo
+    echo "require $mod $ver"
+    if [[ "$upstream_replace" == yes ]]; then
+      # The module pins its dependencies with a replace block; a consumer must repeat it to build the same.
+      echo
+      awk '/^replace \($/ {on=1; print; next} on && /^\)$/ {print; on=0; next} on {print} /^replace [^(]/ {print}' "$gomod"
+    fi
+  } >"$dir/go.mod"
+  {
+    echo "//go:build tools"
+    echo
+    echo "package tools"
+    echo
+    echo "import ("
+    for spec in "$@"; do echo "	_ \"${spec#*=}\""; done
+    echo ")"
+  } >"$dir/tools.go"
+  (
+    cd "$dir"
+    log "resolving $mod $ver"
+    "${nosum[@]}" GOFLAGS=-mod=mod go mod tidy -e >/dev/null 2>&1 || true
+    "${nosum[@]}" GOFLAGS=-mod=mod go get "$mod@$ver" >/dev/null
+    for spec in "${missing[@]}"; do
+      local b="${spec%%=*}" pkg="${spec#*=}"
+      log "building $b from $mod $ver"
+      local t0=$SECONDS
+      "${nosum[@]}" CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$BIN/$b.tmp" "$pkg"
+      mv "$BIN/$b.tmp" "$BIN/$b"
+      echo "$stamp" >"$BIN/$b.version"
+      log "built $b in $((SECONDS - t0))s"
+    done
+  )
+}
+
+build_kwok() {
+  local stamp="sigs.k8s.io/kwok@$KWOK_VERSION"
+  if [[ -x "$BIN/kwok" && -f "$BIN/kwok.version" && "$(cat "$BIN/kwok.version")" == "$stamp" ]]; then
+    log "kwok cached"; return
+  fi
+  need_go
+  log "building kwok $KWOK_VERSION"
+  GOBIN="$WORK/kwok-bin" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  mv "$WORK/kwok-bin/kwok" "$BIN/kwok"
+  echo "$stamp" >"$BIN/kwok.version"
+}
+
+# Debian packages unpacked into the cache (no maintainer scripts, so no daemon is started).
+# deb_unpack <stamp-name> <binary path inside the package root> <package>...
+deb_unpack() {
+  local name="$1" inner="$2"; shift 2
+  local root="$CACHE/debs/$name"
+  if [[ -x "$root/$inner" && -f "$root/.packages" && "$(cat "$root/.packages")" == "$*" ]]; then
+    ln -sf "$root/$inner" "$BIN/$name"; log "$name cached"; return
+  fi
+  command -v apt-get >/dev/null || { log "$name comes from Debian's packages: apt-get is needed"; exit 3; }
+  local dl="$WORK/debs-$name"
+  rm -rf "$dl" "$root"; mkdir -p "$dl" "$root"
+  if ! (cd "$dl" && apt-get download "$@" >/dev/null 2>&1); then
+    log "apt-get download $* failed; refreshing the package lists (apt-get update)"
+    apt-get update >/dev/null 2>&1 || { log "apt-get update failed (run as root, or install $* yourself)"; exit 3; }
+    (cd "$dl" && apt-get download "$@" >/dev/null) || { log "could not download $*"; exit 3; }
+  fi
+  for deb in "$dl"/*.deb; do dpkg -x "$deb" "$root"; done
+  [[ -x "$root/$inner" ]] || { log "$inner not found in $*"; exit 3; }
+  echo "$*" >"$root/.packages"
+  ln -sf "$root/$inner" "$BIN/$name"
+  log "$name from Debian packages in $root"
+}
+
+# Upstream configuration the live stack reads at test time (never committed): LeaderWorkerSet's webhook
+# configurations, and the KEDA CRDs the operator insists on besides the ones the builders are checked against.
+provide_stack_config() {
+  fetch_crds "github.com/kedacore/keda/v2@$KEDA_VERSION" keda-extra "" \
+    config/crd/bases/keda.sh_scaledjobs.yaml \
+    config/crd/bases/eventing.keda.sh_cloudeventsources.yaml \
+    config/crd/bases/eventing.keda.sh_clustercloudeventsources.yaml
+  fetch_crds "github.com/kedacore/http-add-on@$HTTP_ADDON_VERSION" http-add-on-extra "" \
+    config/crd/bases/http.keda.sh_httpscaledobjects.yaml
+  fetch_crds "sigs.k8s.io/lws@$LWS_VERSION" lws-webhook "" \
+    config/webhook/manifests.yaml
+}
+
+provide_stack() {
+  provide_stack_config
+  build_k8s kube-scheduler kubectl
+  build_wrapped github.com/kedacore/keda/v2 "$KEDA_VERSION" "keda@$KEDA_VERSION" yes "" \
+    keda-operator=github.com/kedacore/keda/v2/cmd/operator \
+    keda-adapter=github.com/kedacore/keda/v2/cmd/adapter
+  build_wrapped github.com/inftyai/llmaz "$LLMAZ_VERSION" "llmaz@$LLMAZ_VERSION" no "$LLMAZ_ZIP_SHA256" \
+    llmaz-manager=github.com/inftyai/llmaz/cmd
+  build_wrapped sigs.k8s.io/lws "$LWS_VERSION" "lws@$LWS_VERSION" no "" \
+    lws-manager=sigs.k8s.io/lws/cmd
+  build_kwok
+  deb_unpack redis-server usr/bin/redis-server redis-server redis-tools liblzf1 libjemalloc2
+}
+
 what="${1:-all}"
 case "$what" in
   control-plane) build_etcd; build_k8s ;;
   crds) provide_crds ;;
   helm) build_helm ;;
-  all) provide_crds; build_etcd; build_k8s; build_helm ;;
-  *) echo "usage: $0 [all|control-plane|crds|helm]" >&2; exit 2 ;;
+  stack) provide_crds; build_etcd; build_k8s; provide_stack ;;
+  all) provide_crds; build_etcd; build_k8s; build_helm; provide_stack ;;
+  *) echo "usage: $0 [all|control-plane|crds|helm|stack]" >&2; exit 2 ;;
 esac
 echo "$CACHE"
