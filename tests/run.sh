@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The project's test command: installs the package with its test extras, provides the real control plane
-# (kube-apiserver, etcd, kube-controller-manager, helm; built from Go modules and cached outside the repo)
-# and the upstream CRDs, then runs unit and integration tests.
+# (kube-apiserver, etcd, kube-controller-manager, helm) and the live stack (KEDA, llmaz, LeaderWorkerSet,
+# kube-scheduler, kwok, kubectl, Redis; built from Go modules or unpacked from Debian's packages and cached
+# outside the repo) and the upstream CRDs, then runs the unit and integration tests, then the live-stack
+# tests (tests/e2e) inside a private network namespace.
 #
 #   bash tests/run.sh              # everything
-#   bash tests/run.sh tests/unit   # extra arguments go to pytest
+#   bash tests/run.sh tests/unit   # extra arguments go to pytest (the live-stack tests: tests/e2e/run.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,8 +15,16 @@ python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 if ! bash tests/integration/tools/provide.sh all >/dev/null; then
   echo "tests/run.sh: could not provide the test control plane." >&2
   echo "  It is built from Go modules by tests/integration/tools/provide.sh (needs Go >= 1.24 and the Go" >&2
-  echo "  module proxy), or taken from KUBEBUILDER_ASSETS=<dir with etcd and kube-apiserver>." >&2
+  echo "  module proxy, and apt-get for Redis), or taken from KUBEBUILDER_ASSETS=<dir with etcd and" >&2
+  echo "  kube-apiserver>; run it without >/dev/null to see which step failed." >&2
   exit 3
 fi
 
-exec python3 -m pytest -q "${@:-tests}"
+if [[ $# -gt 0 ]]; then
+  exec python3 -m pytest -q "$@"
+fi
+
+status=0
+python3 -m pytest -q -m "not e2e" tests || status=$?
+bash tests/e2e/run.sh || { rc=$?; [[ $status -ne 0 ]] || status=$rc; }
+exit "$status"

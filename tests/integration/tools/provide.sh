@@ -7,7 +7,8 @@
 #
 #   bin/etcd  bin/kube-apiserver  bin/kube-controller-manager  bin/helm       (control plane)
 #   bin/kube-scheduler  bin/kubectl  bin/keda-operator  bin/keda-adapter  bin/llmaz-manager
-#   bin/lws-manager  bin/kwok  bin/redis-server                               (live stack, tests/e2e)
+#   bin/lws-manager  bin/kwok  bin/redis-server  bin/kube-proxy  bin/iptables
+#   bin/keda-http-interceptor  bin/keda-http-scaler  bin/prometheus             (live stack, tests/e2e)
 #   crds/<project>/*.yaml  config/<project>/*.yaml
 #
 # If KUBEBUILDER_ASSETS points at a directory that already holds etcd and kube-apiserver
@@ -101,6 +102,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 EOF
   (
@@ -285,7 +287,7 @@ deb_unpack() {
   local name="$1" inner="$2"; shift 2
   local root="$CACHE/debs/$name"
   if [[ -x "$root/$inner" && -f "$root/.packages" && "$(cat "$root/.packages")" == "$*" ]]; then
-    ln -sf "$root/$inner" "$BIN/$name"; log "$name cached"; return
+    deb_wrapper "$name" "$root" "$inner"; log "$name cached"; return
   fi
   command -v apt-get >/dev/null || { log "$name comes from Debian's packages: apt-get is needed"; exit 3; }
   local dl="$WORK/debs-$name"
@@ -298,8 +300,18 @@ deb_unpack() {
   for deb in "$dl"/*.deb; do dpkg -x "$deb" "$root"; done
   [[ -x "$root/$inner" ]] || { log "$inner not found in $*"; exit 3; }
   echo "$*" >"$root/.packages"
-  ln -sf "$root/$inner" "$BIN/$name"
+  deb_wrapper "$name" "$root" "$inner"
   log "$name from Debian packages in $root"
+}
+
+# The unpacked program finds its shared libraries next to it, not on the machine's library path.
+deb_wrapper() {
+  local name="$1" root="$2" inner="$3" libs
+  libs="$(find "$root" -name '*.so*' -printf '%h\n' 2>/dev/null | sort -u | paste -sd: -)"
+  rm -f "$BIN/$name"
+  printf '#!/bin/sh\nexec env LD_LIBRARY_PATH="%s${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "%s" "$@"\n' \
+    "$libs" "$root/$inner" >"$BIN/$name"
+  chmod +x "$BIN/$name"
 }
 
 # Upstream configuration the live stack reads at test time (never committed): LeaderWorkerSet's webhook
@@ -317,7 +329,7 @@ provide_stack_config() {
 
 provide_stack() {
   provide_stack_config
-  build_k8s kube-scheduler kubectl
+  build_k8s kube-scheduler kubectl kube-proxy
   build_wrapped github.com/kedacore/keda/v2 "$KEDA_VERSION" "keda@$KEDA_VERSION" yes "" \
     keda-operator=github.com/kedacore/keda/v2/cmd/operator \
     keda-adapter=github.com/kedacore/keda/v2/cmd/adapter
@@ -325,8 +337,24 @@ provide_stack() {
     llmaz-manager=github.com/inftyai/llmaz/cmd
   build_wrapped sigs.k8s.io/lws "$LWS_VERSION" "lws@$LWS_VERSION" no "" \
     lws-manager=sigs.k8s.io/lws/cmd
+  build_wrapped github.com/kedacore/http-add-on "$HTTP_ADDON_VERSION" "http-add-on@$HTTP_ADDON_VERSION" no "" \
+    keda-http-interceptor=github.com/kedacore/http-add-on/interceptor \
+    keda-http-scaler=github.com/kedacore/http-add-on/scaler
   build_kwok
   deb_unpack redis-server usr/bin/redis-server redis-server redis-tools liblzf1 libjemalloc2
+  deb_unpack prometheus usr/bin/prometheus prometheus
+  provide_iptables
+}
+
+# kube-proxy programs ClusterIP routing with iptables (Debian's package; installing it starts no daemon).
+provide_iptables() {
+  if command -v iptables-restore >/dev/null && command -v iptables >/dev/null; then log "iptables present"; return; fi
+  command -v apt-get >/dev/null || { log "iptables is needed (kube-proxy): install it with your package manager"; exit 3; }
+  log "installing iptables from Debian's packages"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iptables >/dev/null 2>&1 || {
+    apt-get update >/dev/null 2>&1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iptables >/dev/null
+  } || { log "could not install iptables"; exit 3; }
 }
 
 what="${1:-all}"
