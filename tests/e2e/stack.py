@@ -2,11 +2,14 @@
 
     kube-apiserver + etcd + kube-controller-manager   (tests.integration.controlplane, with aggregation on)
     kube-scheduler                                    places pods on nodes by their GPU requests
+    kube-proxy (iptables) + cluster-DNS stand-in      Service routing and names (network.py)
     kwok + two fake GPU nodes                         node and pod status (manifests/kwok-stages.yaml)
     pod agent + model-server stand-ins                runs "containers", probes readiness (podagent.py)
     LeaderWorkerSet controller + its webhooks         LeaderWorkerSet -> pods
     llmaz manager                                     Playground -> Service -> LeaderWorkerSet
     KEDA operator + metrics adapter (APIService)      ScaledObject -> /scale (0 <-> 1) and HPA (1 <-> N)
+    KEDA HTTP add-on interceptor + external scaler    holds requests at zero, pushes activation (addons.py)
+    Prometheus                                        scrapes the stand-ins' vLLM metrics (addons.py)
     Redis                                             the job queue
     llmaz-serverless serve                            our webhook + reconciler, self-managed certificates
 
@@ -44,6 +47,8 @@ from tests.integration.controlplane import (
 )
 from tests.integration.webhook_harness import shipped_webhook_configurations
 
+from .addons import start_http_addon, start_prometheus
+from .network import ClusterDNS, start_kube_proxy
 from .pki import StackPKI
 from .podagent import PodAgent
 
@@ -57,8 +62,8 @@ KEDA_NAMESPACE = "keda"
 LLMAZ_NAMESPACE = "llmaz-system"
 GPU_NODES = ("gpu-node-0", "gpu-node-1")
 REDIS_PORT = 6379   # fixed: the namespace is private, and the user's manifests name this address
-STACK_BINARIES = ("kube-scheduler", "kubectl", "keda-operator", "keda-adapter", "llmaz-manager", "lws-manager",
-                  "kwok", "redis-server")
+STACK_BINARIES = ("kube-scheduler", "kube-proxy", "kubectl", "keda-operator", "keda-adapter", "llmaz-manager",
+                  "lws-manager", "kwok", "redis-server", "keda-http-interceptor", "keda-http-scaler", "prometheus")
 # Upstream CRDs besides the ones the integration tests use: KEDA's operator exits unless all six of its CRDs
 # exist; the HTTP add-on's interceptor insists on httpscaledobjects.
 EXTRA_CRD_DIRS = ("keda-extra", "http-add-on-extra")
@@ -72,8 +77,9 @@ def stack_binaries() -> dict[str, Path]:
         raise ControlPlaneUnavailable(
             f"live-stack binaries missing from {bin_dir}: {', '.join(missing)}. Provide them with:\n"
             "    bash tests/integration/tools/provide.sh stack\n"
-            "(builds KEDA, llmaz, LeaderWorkerSet, kwok, kube-scheduler and kubectl from their Go modules and "
-            "unpacks Redis from Debian's packages; about 10-15 minutes on a cold cache).")
+            "(builds KEDA, its HTTP add-on, llmaz, LeaderWorkerSet, kwok, kube-scheduler, kube-proxy and kubectl from "
+            "their Go modules and unpacks Redis and Prometheus from Debian's packages; about 15 minutes on a cold "
+            "cache).")
     return found
 
 
@@ -141,6 +147,7 @@ class LiveStack:
         self.ports: dict[str, int] = {}
         self.timings: dict[str, float] = {}
         self.agent: PodAgent | None = None
+        self.dns: ClusterDNS | None = None
         self.redis_port = 0
 
     # ------------------------------------------------------------------ helpers
@@ -167,7 +174,13 @@ class LiveStack:
         env.update(extra)
         return env
 
-    def _spawn(self, name: str, args: list[str], **env: str) -> _Proc:
+    def free_port(self, name: str) -> int:
+        """A free loopback port, remembered under ``name`` (a restarted component keeps its port)."""
+        if not self.ports.get(name):
+            self.ports[name] = free_port()
+        return self.ports[name]
+
+    def spawn(self, name: str, args: list[Any], **env: str) -> _Proc:
         proc = _Proc(name, [str(a) for a in args], self.logs_dir / f"{name}.log", self._env(**env))
         proc.start()
         self.procs[name] = proc
@@ -204,9 +217,13 @@ class LiveStack:
             self._timed("redis", self._start_redis)
             self._timed("scheduler", self._start_scheduler)
             self._timed("kwok+nodes", self._start_kwok)
+            self._timed("cluster-dns", self._start_dns)
+            self._timed("kube-proxy", lambda: start_kube_proxy(self))
             self._timed("leaderworkerset", self._start_lws)
             self._timed("llmaz", self._start_llmaz)
             self._timed("keda", self._start_keda)
+            self._timed("http-add-on", lambda: start_http_addon(self))
+            self._timed("prometheus", lambda: start_prometheus(self))
             self._timed("llmaz-serverless", self._start_ours)
             self.agent = PodAgent(self.api, set(GPU_NODES), self.logs_dir)
             self.agent.start()
@@ -219,6 +236,8 @@ class LiveStack:
     def stop(self) -> None:
         if self.agent is not None:
             self.agent.stop()
+        if self.dns is not None:
+            self.dns.stop()
         for name in reversed(list(self.procs)):
             try:
                 self.procs[name].stop(grace=5)
@@ -235,7 +254,7 @@ class LiveStack:
 
     def _start_redis(self) -> None:
         self.redis_port = REDIS_PORT
-        proc = self._spawn("redis", [self.bins["redis-server"], "--bind", "127.0.0.1", "--port", self.redis_port,
+        proc = self.spawn("redis", [self.bins["redis-server"], "--bind", "127.0.0.1", "--port", self.redis_port,
                                      "--save", "", "--appendonly", "no", "--dir", self.workdir])
         wait("redis answering", 20, lambda: self.redis("PING") == "PONG", proc)
 
@@ -257,7 +276,7 @@ class LiveStack:
     def _start_scheduler(self) -> None:
         port = self.ports["scheduler"] = free_port()
         kc = str(self.kubeconfig)
-        proc = self._spawn("kube-scheduler", [self.bins["kube-scheduler"], "--kubeconfig", kc,
+        proc = self.spawn("kube-scheduler", [self.bins["kube-scheduler"], "--kubeconfig", kc,
                                               "--authentication-kubeconfig", kc, "--authorization-kubeconfig", kc,
                                               "--bind-address", "127.0.0.1", "--secure-port", port,
                                               "--leader-elect=false"])
@@ -265,7 +284,7 @@ class LiveStack:
 
     def _start_kwok(self) -> None:
         port = self.ports["kwok"] = free_port()
-        proc = self._spawn("kwok", [self.bins["kwok"], "--kubeconfig", self.kubeconfig,
+        proc = self.spawn("kwok", [self.bins["kwok"], "--kubeconfig", self.kubeconfig,
                                     "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                                     "--cidr", POD_CIDR, "--node-ip", "10.243.0.1",
                                     "--node-lease-duration-seconds", "40",
@@ -281,6 +300,14 @@ class LiveStack:
                     return False
             return True
         wait("kwok made the GPU nodes Ready", 60, nodes_ready, proc)
+
+    def _start_dns(self) -> None:
+        hosts = os.environ.get("LLMAZ_SERVERLESS_E2E_HOSTS")
+        if not hosts:
+            raise ControlPlaneError("no private hosts file: run the live stack through tests/e2e/netns.sh")
+        self.dns = ClusterDNS(self.api, Path(hosts))
+        self.dns.start()
+        self.dns.wait_for("default", "kubernetes")
 
     def _register_webhooks(self, docs: list[dict[str, Any]], url_base: str, ca_pem: bytes,
                            prefix: str) -> None:
@@ -307,7 +334,7 @@ class LiveStack:
             "metrics": {"bindAddress": "0"},
             "health": {"healthProbeBindAddress": f"127.0.0.1:{health}"},
         }))
-        proc = self._spawn("lws-manager", [self.bins["lws-manager"], "--config", config,
+        proc = self.spawn("lws-manager", [self.bins["lws-manager"], "--config", config,
                                            "--kubeconfig", self.kubeconfig])
         wait("LeaderWorkerSet ready", 60, lambda: _get("127.0.0.1", health, "/readyz") == 200, proc)
         # Its defaulting webhook is not optional: the controller dereferences fields only the webhook sets.
@@ -335,7 +362,7 @@ class LiveStack:
         fixed.mkdir(parents=True, exist_ok=True)
         for name in ("tls.crt", "tls.key", "ca.crt"):
             (fixed / name).write_bytes((certs.dir / name).read_bytes())
-        proc = self._spawn("llmaz-manager", [self.bins["llmaz-manager"], "--kubeconfig", self.kubeconfig,
+        proc = self.spawn("llmaz-manager", [self.bins["llmaz-manager"], "--kubeconfig", self.kubeconfig,
                                              "--namespace", LLMAZ_NAMESPACE, "--metrics-bind-address=0",
                                              f"--health-probe-bind-address=127.0.0.1:{health}"],
                            ENABLE_WEBHOOKS="false")
@@ -350,7 +377,7 @@ class LiveStack:
                                             f"keda-metrics-apiserver.{KEDA_NAMESPACE}.svc"))
         env = {"WATCH_NAMESPACE": "", "KEDA_CLUSTER_OBJECT_NAMESPACE": KEDA_NAMESPACE,
                "POD_NAMESPACE": KEDA_NAMESPACE, "POD_NAME": "keda-operator-live"}
-        op = self._spawn("keda-operator", [
+        op = self.spawn("keda-operator", [
             self.bins["keda-operator"], "--kubeconfig", self.kubeconfig, "--leader-elect",
             f"--metrics-bind-address=127.0.0.1:{metrics}", f"--health-probe-bind-address=127.0.0.1:{health}",
             f"--metrics-service-bind-address=127.0.0.1:{grpc}", "--cert-dir", certs.dir,
@@ -364,7 +391,7 @@ class LiveStack:
         port = self.ports["keda-adapter"] = self.ports.get("keda-adapter") or free_port()
         kc = str(self.kubeconfig)
         own_metrics = self.ports["keda-adapter-metrics"] = self.ports.get("keda-adapter-metrics") or free_port()
-        adapter = self._spawn("keda-adapter", [
+        adapter = self.spawn("keda-adapter", [
             # --port is the adapter's own Prometheus listener (0.0.0.0, default 8080: the pods' port)
             self.bins["keda-adapter"], "--secure-port", port, "--port", own_metrics,
             "--tls-cert-file", cert_dir / "tls.crt", "--tls-private-key-file", cert_dir / "tls.key",
@@ -411,7 +438,7 @@ class LiveStack:
 
     def start_ours(self) -> _Proc:
         port, metrics = self.ports["ours"], self.ports["ours-metrics"]
-        proc = self._spawn("llmaz-serverless", [
+        proc = self.spawn("llmaz-serverless", [
             sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1", "--port", port,
             "--metrics-port", metrics, "--cert-mode", "self-managed", "--cert-dir", self.workdir / "our-certs",
             "--cert-extra-san", "127.0.0.1", "--policy-configmap", f"{OUR_NAMESPACE}/llmaz-serverless-policy",

@@ -77,6 +77,7 @@ class Timeline:
         self._thread = threading.Thread(target=self._run, name=f"timeline-{name}", daemon=True)
         self.last: Snapshot | None = None
         self.samples = 0
+        self.history: list[tuple[float, int | None]] = []   # (monotonic, Playground spec.replicas) on change
 
     def __enter__(self) -> "Timeline":
         self._thread.start()
@@ -124,6 +125,8 @@ class Timeline:
             with self._lock:
                 self.last = snap
                 self.samples += 1
+                if not self.history or self.history[-1][1] != snap.playground_replicas:
+                    self.history.append((now, snap.playground_replicas))
                 for mark, pred in list(self._watch.items()):
                     if pred(snap):
                         self.marks[mark] = now
@@ -138,6 +141,11 @@ class Timeline:
                     return self.marks[mark]
             time.sleep(self.interval / 2)
         raise AssertionError(f"{mark!r} not observed within {timeout:.0f}s; last state: {self.describe_last()}")
+
+    def replica_path(self) -> list[int | None]:
+        """The successive values of the Playground's replicas seen so far (e.g. [0, 1, 3, 1, 0])."""
+        with self._lock:
+            return [r for _, r in self.history]
 
     def between(self, a: str, b: str) -> float:
         return self.marks[b] - self.marks[a]

@@ -31,6 +31,7 @@ LWS_VERSION="v0.7.0"
 KEDA_VERSION="v2.20.2"            # v2.21 targets Kubernetes 0.36 libraries; v2.20 supports 1.33-1.35
 HTTP_ADDON_VERSION="v0.15.0"
 KWOK_VERSION="v0.8.0"
+PROMETHEUS_MODULE_VERSION="v0.304.2"     # Prometheus v3.4.2 (its Go module is versioned v0.3XX.Y)
 
 CACHE="${LLMAZ_SERVERLESS_CACHE:-$HOME/.cache/llmaz-serverless}"
 BIN="$CACHE/bin"
@@ -342,7 +343,10 @@ provide_stack() {
     keda-http-scaler=github.com/kedacore/http-add-on/scaler
   build_kwok
   deb_unpack redis-server usr/bin/redis-server redis-server redis-tools liblzf1 libjemalloc2
-  deb_unpack prometheus usr/bin/prometheus prometheus
+  # Debian's Prometheus is built without Kubernetes service discovery, which the live stack uses as a cluster's
+  # Prometheus does (role: pod); so it is built from its module like the controllers.
+  build_wrapped github.com/prometheus/prometheus "$PROMETHEUS_MODULE_VERSION" \
+    "prometheus@$PROMETHEUS_MODULE_VERSION" no "" prometheus=github.com/prometheus/prometheus/cmd/prometheus
   provide_iptables
 }
 
