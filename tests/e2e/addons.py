@@ -13,6 +13,7 @@ Each listens on its own address in 10.243.0.0/16 (local in the test's network na
 from __future__ import annotations
 
 import json
+import os
 import urllib.parse
 import urllib.request
 from typing import TYPE_CHECKING
@@ -36,8 +37,14 @@ def start_http_addon(stack: "LiveStack") -> None:
     expose(stack, KEDA_NS, "keda-add-ons-http-interceptor-admin", INTERCEPTOR_IP, 9090, ADMIN_PORT, "admin")
     expose(stack, KEDA_NS, "keda-add-ons-http-interceptor-proxy", INTERCEPTOR_IP, 8080, PROXY_PORT, "proxy")
     expose(stack, KEDA_NS, "keda-add-ons-http-external-scaler", SCALER_IP, 9090, SCALER_PORT, "grpc")
+    # The interceptor reaches a workload through its Service, and kube-proxy balances per connection. With the
+    # add-on's default pool (200 idle connections per host) every request keeps riding the connections opened
+    # to the first replica, so replicas added by scale-out get no traffic (measured: all requests on replica
+    # 0). docs/deploy.md recommends 1 for LLM serving, where a connection costs nothing next to a request.
     interceptor = stack.spawn("keda-http-interceptor", [stack.bins["keda-http-interceptor"]],
-                              KEDA_HTTP_PROXY_PORT=str(PROXY_PORT), KEDA_HTTP_ADMIN_PORT=str(ADMIN_PORT), **env)
+                              KEDA_HTTP_PROXY_PORT=str(PROXY_PORT), KEDA_HTTP_ADMIN_PORT=str(ADMIN_PORT),
+                              KEDA_HTTP_MAX_IDLE_CONNS_PER_HOST=os.environ.get(
+                                  "LLMAZ_SERVERLESS_E2E_INTERCEPTOR_IDLE_CONNS", "1"), **env)
     wait("HTTP add-on interceptor answering", 60,
          lambda: _get(INTERCEPTOR_IP, ADMIN_PORT, "/readyz") == 200 or _get(INTERCEPTOR_IP, ADMIN_PORT,
                                                                              "/queue") == 200, interceptor)

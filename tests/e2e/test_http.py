@@ -9,6 +9,7 @@ kube-proxy), with the ``Host`` our InterceptorRoute matches (``<name>.<namespace
 
 from __future__ import annotations
 
+import copy
 import statistics
 import threading
 import time
@@ -21,7 +22,7 @@ from webhook import constants as C
 
 from .addons import prometheus_query
 from .http_client import SteadyLoad, burst, chat
-from .stack import LiveStack
+from .stack import MANIFESTS, LiveStack, load_yaml_docs
 from .test_zero_to_one import KEDA, condition, get_or_none, opted_in_namespace, wait_for
 from .timeline import Timeline
 
@@ -30,10 +31,10 @@ pytestmark = pytest.mark.e2e
 LOAD_DELAY = 3.0   # the stand-in's model load (BackendRuntime STANDIN_LOAD_DELAY)
 
 
-def playground(name: str, annotations: dict[str, str], envs: list[dict] | None = None) -> str:
+def playground(name: str, annotations: dict[str, str], backend: str | None = None) -> str:
     spec: dict = {"modelClaim": {"modelName": "qwen2-5-7b-instruct"}}
-    if envs:
-        spec["backendRuntimeConfig"] = {"envs": envs}
+    if backend:
+        spec["backendRuntimeConfig"] = {"backendName": backend}
     return yaml.safe_dump({"apiVersion": "inference.llmaz.io/v1alpha1", "kind": "Playground",
                            "metadata": {"name": name, "annotations": annotations}, "spec": spec}, sort_keys=False)
 
@@ -133,10 +134,12 @@ def test_queue_depth_scales_out_to_max_and_back(stack: LiveStack):
         # 4 slots per stand-in: 20 requests in flight keep ~16 waiting on one replica (target 5 per replica)
         with SteadyLoad(f"{name}.{ns}", concurrency=20, service_seconds=2.0) as load:
             tl.wait("one", 30)
-            waiting = wait_for(lambda: prometheus_query(
-                f'sum(vllm:num_requests_waiting{{namespace="{ns}"}})') or None, 30,
-                "Prometheus to scrape the stand-in through Kubernetes pod discovery")
+            waiting = wait_for(lambda: _waiting_above(ns, 5), 30,
+                               "Prometheus (pod discovery) to see more than 5 requests waiting")
             tl.wait("max", 90)
+            hpa = _hpa(api, ns, f"keda-hpa-{name}")
+            seen = {m.external.metric.name: m.external.current.average_value
+                    for m in hpa.status.current_metrics or [] if m.type == "External"}
             tl.wait("all-ready", 60)
             time.sleep(8)   # serve a while at max
         t_stop = tl.mark("stop")
@@ -149,11 +152,17 @@ def test_queue_depth_scales_out_to_max_and_back(stack: LiveStack):
     assert not lost, f"{len(lost)} of {len(answers)} lost: {[(a.status, a.error) for a in lost[:5]]}"
     served_by = {a.body.split("answered by ")[-1].split('"')[0] for a in answers}
     assert max(p for p in path if p is not None) == 3 and path[-1] == 0, path
-    print(f"\n1 -> N on queue depth (Prometheus saw {waiting[0]['value'][1]} waiting): replicas {path}; "
+    print(f"\n1 -> N on queue depth (Prometheus saw {waiting:.0f} waiting; the HPA read {seen}): replicas {path}; "
           f"load -> 1 in {tl.between('load', 'one'):.2f} s, 1 -> 3 in {tl.between('one', 'max'):.2f} s, "
           f"3 Ready {tl.between('max', 'all-ready'):.2f} s later; load stopped -> 0 in "
           f"{tl.marks['zero'] - t_stop:.2f} s; {len(answers)} requests, 0 lost, served by {sorted(served_by)}")
     assert len(served_by) >= 2, "requests reach the new replicas through the Service"
+
+
+def _waiting_above(ns: str, threshold: float) -> float | None:
+    result = prometheus_query(f'sum(vllm:num_requests_waiting{{namespace="{ns}"}})')
+    value = float(result[0]["value"][1]) if result else 0.0
+    return value if value > threshold else None
 
 
 def _hpa(api, ns, name):
@@ -196,10 +205,16 @@ def test_keda_operator_restart_during_cold_start_loses_nothing(stack: LiveStack)
 
 def test_model_that_never_becomes_ready_fails_after_the_readiness_timeout(stack: LiveStack):
     ns = opted_in_namespace(stack, "stuck")
+    # a backend whose server never finishes loading (its stand-in waits a day before it listens)
+    runtimes = [d for d in load_yaml_docs(MANIFESTS / "llmaz-models.yaml") if d["kind"] == "BackendRuntime"]
+    stuck = copy.deepcopy(runtimes[0])
+    stuck["metadata"] = {"name": "vllm-never-ready"}
+    stuck["spec"]["envs"] = [e if e["name"] != "STANDIN_LOAD_DELAY" else {"name": e["name"], "value": "86400"}
+                             for e in stuck["spec"]["envs"]]
+    stack.apply_objects([stuck])
     triggers = "- {type: http, readinessTimeout: 8s}"
     apply_and_wait_ready(stack, ns, "stuck", playground(
-        "stuck", {C.ANN_TRIGGERS: triggers, C.ANN_COOLDOWN: "10"},
-        envs=[{"name": "STANDIN_LOAD_DELAY", "value": "100000"}]))
+        "stuck", {C.ANN_TRIGGERS: triggers, C.ANN_COOLDOWN: "10"}, backend="vllm-never-ready"))
     a = chat(f"stuck.{ns}", timeout=60)
     assert a.status == 504, (a.status, a.error, a.body[:300])
     assert 8 <= a.seconds <= 8 + 5, f"answered after {a.seconds:.2f} s"
