@@ -38,12 +38,19 @@ def labels_for(kind: str, name: str) -> dict[str, str]:
 
 
 def owner_reference(workload: dict[str, Any]) -> dict[str, Any] | None:
-    meta = workload.get("metadata") or {}
-    uid = meta.get("uid")
-    if not uid:
-        return None  # not stored yet (admission of a CREATE): the reconciler adds it
-    return {"apiVersion": workload.get("apiVersion") or C.LLMAZ_API_VERSION, "kind": workload["kind"],
-            "name": meta["name"], "uid": uid, "controller": True, "blockOwnerDeletion": True}
+    """The ownerReference that ties a KEDA object to its workload, or None when the workload is not stored.
+
+    A stored object always has a ``name`` and a ``uid``; an object seen at admission of a CREATE may have
+    neither (``generateName`` leaves the name to the API server), and then the reconciler adds the reference
+    once the object exists.
+    """
+    meta = workload.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    uid, name = meta.get("uid"), meta.get("name")
+    if not uid or not name or not isinstance(uid, str) or not isinstance(name, str):
+        return None
+    return {"apiVersion": str(workload.get("apiVersion") or C.LLMAZ_API_VERSION), "kind": str(workload.get("kind")),
+            "name": name, "uid": uid, "controller": True, "blockOwnerDeletion": True}
 
 
 def _metadata(kind: str, name: str, obj_name: str, namespace: str, owner: dict[str, Any] | None) -> dict[str, Any]:
@@ -65,6 +72,13 @@ def desired_objects(workload: dict[str, Any], policy: Policy, models: ModelCatal
         return desired
     if an.problems:
         raise Denied(an.problems)
+    meta = workload.get("metadata")
+    stored_name = meta.get("name") if isinstance(meta, dict) else None
+    if not isinstance(stored_name, str) or not stored_name:
+        # KEDA objects carry the workload's final name; with only ``generateName`` (or nothing) that name is
+        # not known yet, and a ScaledObject named after the prefix would target nothing.
+        raise Denied.one("metadata.name", "not set: KEDA objects are named after the stored workload",
+                         "build them from the object as stored by the API server (it has metadata.name)")
     assert an.settings is not None
     s = an.settings
     kind, name, ns = an.kind, an.name, an.namespace

@@ -25,6 +25,9 @@ from .validation import validate
 
 EXIT_OK, EXIT_DENIED, EXIT_INPUT = 0, 1, 2
 
+# What preview shows in place of the characters the API server appends to a ``generateName``.
+GENERATED_SUFFIX = "xxxxx"
+
 
 class InputError(Exception):
     pass
@@ -43,29 +46,64 @@ def _read(path: str) -> str:
 def load_documents(path: str) -> list[dict[str, Any]]:
     text = _read(path)
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML: {exc}") from None
+    except (ValueError, TypeError, RecursionError) as exc:   # e.g. out-of-range dates, deep nesting
+        raise InputError(f"{path}: YAML that cannot be read as Kubernetes objects: {exc}") from None
     out: list[dict[str, Any]] = []
     for i, doc in enumerate(docs):
+        if doc is None:
+            continue
         if not isinstance(doc, dict):
-            raise InputError(f"{path}: document {i + 1} is not a mapping")
+            raise InputError(f"{path}: document {i + 1} is a {type(doc).__name__}, not a Kubernetes object "
+                             "(each YAML document must be a mapping with apiVersion, kind and metadata)")
         if doc.get("kind") == "List" and isinstance(doc.get("items"), list):
-            out.extend(d for d in doc["items"] if isinstance(d, dict))
+            for j, item in enumerate(doc["items"]):
+                if not isinstance(item, dict):
+                    raise InputError(f"{path}: document {i + 1}, items[{j}] is a {type(item).__name__}, "
+                                     "not a Kubernetes object")
+                out.append(item)
         else:
             out.append(doc)
     return out
+
+
+def _shape_problem(obj: dict[str, Any]) -> str | None:
+    """Why ``obj`` cannot be a Kubernetes object at all (checked before any rule runs), or None."""
+    for key in ("apiVersion", "kind"):
+        if key in obj and not isinstance(obj[key], str):
+            return f"{key} must be a string, got {type(obj[key]).__name__}"
+    meta = obj.get("metadata")
+    if meta is not None and not isinstance(meta, dict):
+        return f"metadata must be a mapping, got {type(meta).__name__}"
+    for key in ("name", "generateName", "namespace", "uid"):
+        if meta and meta.get(key) is not None and not isinstance(meta[key], str):
+            return f"metadata.{key} must be a string, got {type(meta[key]).__name__}"
+    return None
 
 
 def preview_object(obj: dict[str, Any], policy: Policy, models: ModelCatalog, *, namespace: str,
                    operation: str = "CREATE", old: dict[str, Any] | None = None) -> dict[str, Any]:
     """One object through the rules. Returns a report dict (used by the CLI and by tests)."""
     obj = dict(obj)
-    meta = dict(obj.get("metadata") or {})
-    meta.setdefault("namespace", namespace)
-    obj["metadata"] = meta
-    report: dict[str, Any] = {"kind": obj.get("kind"), "name": meta.get("name"), "namespace": meta["namespace"],
-                              "allowed": True, "warnings": [], "patch": [], "object": obj, "keda": []}
+    shape = _shape_problem(obj)
+    meta = dict(obj["metadata"]) if isinstance(obj.get("metadata"), dict) else {}
+    if not meta.get("namespace"):
+        meta["namespace"] = namespace
+    if shape is None:
+        obj["metadata"] = meta
+    generate = meta.get("generateName") if not meta.get("name") else None
+    shown_name = f"{generate}{GENERATED_SUFFIX}" if generate else meta.get("name")
+    report: dict[str, Any] = {"kind": obj.get("kind"), "name": shown_name or "<no name>",
+                              "namespace": meta["namespace"], "allowed": True, "warnings": [], "notes": [],
+                              "patch": [], "object": obj, "keda": []}
+    if shape is not None:
+        report.update(allowed=False, message=f"llmaz-serverless: {shape} (fix the manifest)")
+        return report
+    if not obj.get("kind"):
+        report["skipped"] = "no kind (not a Kubernetes object)"
+        return report
     if obj.get("apiVersion") != C.LLMAZ_API_VERSION or obj.get("kind") not in C.WORKLOAD_KINDS:
         report["skipped"] = "not an inference.llmaz.io/v1alpha1 Playground or Service"
         return report
@@ -89,6 +127,13 @@ def preview_object(obj: dict[str, Any], policy: Policy, models: ModelCatalog, *,
     stored = dict(m.obj)
     stored["metadata"] = dict(m.obj["metadata"])
     stored["metadata"].setdefault("uid", "<uid of the stored object>")
+    if generate:
+        # The API server appends 5 random characters to generateName when it stores the object; the KEDA
+        # objects carry that final name, which nobody knows at admission.
+        stored["metadata"]["name"] = shown_name
+        report["notes"].append(
+            f"metadata.generateName {generate!r}: the API server picks the name when it stores the object; "
+            f"{shown_name!r} stands for it, and the ScaledObject/InterceptorRoute will carry the real name")
     report["keda"] = desired_objects(stored, policy, models).objects()
     return report
 
@@ -110,6 +155,8 @@ def render(reports: Iterable[dict[str, Any]], out: TextIO, show_patch: bool) -> 
             out.write("admitted\n")
         for w in r["warnings"]:
             out.write(_comment("warning: " + w) + "\n")
+        for n in r.get("notes", []):
+            out.write(_comment("note: " + n) + "\n")
         if show_patch and r["patch"]:
             out.write(_comment("JSON Patch:\n" + yaml.safe_dump(r["patch"], sort_keys=False).rstrip()) + "\n")
         out.write(yaml.safe_dump(r["object"], sort_keys=False))
@@ -146,8 +193,17 @@ def run(args: argparse.Namespace) -> int:
     if not objects:
         print("llmaz-serverless: no objects in the input", file=sys.stderr)
         return EXIT_INPUT
-    reports = [preview_object(o, policy, models, namespace=args.namespace) for o in objects]
-    render(reports, sys.stdout, show_patch=args.patch)
+    try:
+        reports = [preview_object(o, policy, models, namespace=args.namespace) for o in objects]
+        render(reports, sys.stdout, show_patch=args.patch)
+    except Denied as d:   # a rule refused the input outright
+        print(f"llmaz-serverless: {d.message}", file=sys.stderr)
+        return EXIT_DENIED
+    except (ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError) as exc:
+        # A defect of ours on an input shape we did not foresee: say so plainly, with no traceback.
+        print(f"llmaz-serverless: internal error while previewing (please report it with the manifest): "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_INPUT
     denied = [r for r in reports if not r["allowed"]]
     for r in denied:
         print(f"denied: {r['kind']} {r['namespace']}/{r['name']}: {r['message']}", file=sys.stderr)
