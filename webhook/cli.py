@@ -4,6 +4,7 @@ Subcommands are registered by the module that owns them, so the CLI stays a thin
 
 - ``preview``  (webhook.preview)  what the webhook would do to a manifest, offline
 - ``serve``    (webhook.server)   run the admission webhook (and the reconciler)
+- ``check``    (webhook.check)    preflight: is the cluster ready, is every managed workload safe
 - ``certs``    (certs.cli)        create development certificates
 """
 
@@ -17,6 +18,7 @@ import sys
 SUBCOMMANDS = (
     ("preview", "webhook.preview"),
     ("serve", "webhook.server"),
+    ("check", "webhook.check"),
     ("certs", "certs.cli"),
 )
 
