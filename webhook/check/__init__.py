@@ -63,11 +63,8 @@ def exit_code(results: list[Result]) -> int:
     return EXIT_FAILED if any(r.status == FAIL for r in results) else EXIT_OK
 
 
-async def collect(args: argparse.Namespace) -> tuple[Facts, Policy, str | None]:
-    from ..kube import Kube
+async def collect(kube: Any, args: argparse.Namespace) -> tuple[Facts, Policy, str | None]:
     from .gather import gather
-    kube = Kube.auto(args.kubeconfig, args.context, request_timeout=args.timeout,
-                     connect_timeout=min(args.timeout, 5.0))
     try:
         facts = await gather(kube, keda_namespace=args.keda_namespace, policy_ref=args.policy_configmap,
                              webhook_config_name=args.webhook_config_name, timeout=args.timeout,
@@ -87,10 +84,18 @@ def run(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         print("llmaz-serverless check: --timeout must be positive", file=sys.stderr)
         return EXIT_USAGE
+    from ..kube import Kube
     try:
-        facts, policy, error = asyncio.run(collect(args))
+        kube = Kube.auto(args.kubeconfig, args.context, request_timeout=args.timeout,
+                         connect_timeout=min(args.timeout, 5.0))
     except Exception as exc:  # noqa: BLE001 - credentials that cannot be loaded: a message, no traceback
         print(f"llmaz-serverless check: cannot load Kubernetes credentials: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        facts, policy, error = asyncio.run(collect(kube, args))
+    except Exception as exc:  # noqa: BLE001 - a defect of ours on an answer we did not foresee
+        print(f"llmaz-serverless check: internal error while reading the cluster (please report it): "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     results = judge_all(facts, policy, error)
     if args.output == "json":
