@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import constants as C
-from .errors import Denied
+from .errors import Denied, Problem
 from .models import ModelCatalog
 from .policy import Policy
 from .settings import Analysis, analyze
@@ -35,6 +35,27 @@ def labels_for(kind: str, name: str) -> dict[str, str]:
         C.LABEL_WORKLOAD_KIND: kind,
         C.LABEL_WORKLOAD_NAME: name,
     }
+
+
+def metadata_problems(workload: dict[str, Any]) -> list[str]:
+    """Shapes the API server would never store (it rejects them when decoding), checked before any rule reads
+    the object, so an object from a file cannot crash the builders: what is wrong, in Kubernetes' terms."""
+    meta = workload.get("metadata")
+    if meta is None:
+        return []
+    if not isinstance(meta, dict):
+        return [f"metadata must be a mapping, got {type(meta).__name__}"]
+    out = [f"metadata.{k} must be a string, got {type(meta[k]).__name__}"
+           for k in ("name", "generateName", "namespace", "uid") if meta.get(k) is not None
+           and not isinstance(meta[k], str)]
+    for k in ("labels", "annotations"):
+        v = meta.get(k)
+        if v is not None and not (isinstance(v, dict) and all(isinstance(x, str) for x in v)):
+            out.append(f"metadata.{k} must be a mapping with string keys")
+    refs = meta.get("ownerReferences")
+    if refs is not None and not (isinstance(refs, list) and all(isinstance(r, dict) for r in refs)):
+        out.append("metadata.ownerReferences must be a list of mappings")
+    return out
 
 
 def owner_reference(workload: dict[str, Any]) -> dict[str, Any] | None:
@@ -66,6 +87,9 @@ def desired_objects(workload: dict[str, Any], policy: Policy, models: ModelCatal
     Raises ``Denied`` when the workload's settings are invalid (the caller reports it; nothing is built from
     a half-valid configuration).
     """
+    broken = metadata_problems(workload)
+    if broken:
+        raise Denied([Problem("metadata", what, "fix the manifest") for what in broken])
     an = analyze(workload, policy, models)
     desired = Desired(analysis=an)
     if not an.managed:

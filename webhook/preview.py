@@ -17,7 +17,7 @@ import yaml
 from . import constants as C
 from .admission import make_patch
 from .errors import Denied
-from .keda import desired_objects
+from .keda import desired_objects, metadata_problems
 from .models import ModelCatalog
 from .mutation import mutate
 from .policy import Policy, PolicyError, load_policy_file
@@ -74,13 +74,8 @@ def _shape_problem(obj: dict[str, Any]) -> str | None:
     for key in ("apiVersion", "kind"):
         if key in obj and not isinstance(obj[key], str):
             return f"{key} must be a string, got {type(obj[key]).__name__}"
-    meta = obj.get("metadata")
-    if meta is not None and not isinstance(meta, dict):
-        return f"metadata must be a mapping, got {type(meta).__name__}"
-    for key in ("name", "generateName", "namespace", "uid"):
-        if meta and meta.get(key) is not None and not isinstance(meta[key], str):
-            return f"metadata.{key} must be a string, got {type(meta[key]).__name__}"
-    return None
+    problems = metadata_problems(obj)
+    return "; ".join(problems) if problems else None
 
 
 def preview_object(obj: dict[str, Any], policy: Policy, models: ModelCatalog, *, namespace: str,

@@ -142,3 +142,19 @@ def test_preview_cli_bad_inputs(text: str, code: int, tmp_path: Path, capsys: An
     assert "Traceback" not in err
     if code:
         assert err.startswith("llmaz-serverless:") or "denied" in err, err
+
+
+@pytest.mark.parametrize("meta", [
+    {"name": "chat", "ownerReferences": True},        # once a TypeError deep in the Playground-owner rule
+    {"name": "chat", "labels": ["a"]},
+    {"name": "chat", "annotations": {1: "x"}},
+    {"name": 5},
+])
+def test_impossible_metadata_is_a_clear_denial(meta: dict[str, Any]) -> None:
+    obj = service()
+    obj["metadata"] = meta
+    with pytest.raises(Denied) as exc:
+        desired_objects(obj, Policy.default(), catalog())
+    assert "metadata" in exc.value.message
+    report = preview_object(obj, Policy.default(), catalog(), namespace="ai")
+    assert not report["allowed"] and "metadata" in report["message"]
