@@ -56,7 +56,7 @@ async def child_main(args: argparse.Namespace) -> None:
 
     from webhook.admission import Brain
     from webhook.kube import Kube
-    from webhook.reconciler import Controller, run_controller
+    from webhook.controller.reconciler import Controller, run_controller
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     emit("imported", rss_kb=rss_kb())

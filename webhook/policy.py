@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .triggers import parse_trigger_list
+
 POLICY_KEY = "policy.yaml"
 
 
@@ -181,8 +183,6 @@ def parse_policy(text: str | None) -> Policy:
     except ValidationError as exc:
         raise PolicyError(f"invalid policy: {_describe(exc)}") from None
     # Triggers inside the policy are checked with the same rules as annotations.
-    from .triggers import parse_trigger_list  # local: triggers imports policy
-
     for where, overlay in [("defaults", policy.defaults), ("gpu", policy.gpu),
                            *((f"profiles.{n}", p) for n, p in policy.profiles.items())]:
         if overlay.triggers is not None:

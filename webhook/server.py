@@ -537,7 +537,7 @@ async def start_background(app_state: AppState) -> None:
     if args.cert_mode == "self-managed":
         _start_cert_manager(app_state, service_namespace)
 
-    from .reconciler import Controller, run_controller
+    from .controller.reconciler import Controller, run_controller
 
     policy_name = args.policy_configmap.split("/")[1] if args.policy_configmap else None
     controller = Controller(kube, app_state.brain, namespace=service_namespace, policy_configmap=policy_name,

@@ -12,14 +12,30 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import Problem
-from .policy import Policy
+
+
+class PolicyView(Protocol):
+    """The parts of the cluster policy (``webhook.policy.Policy``) that presets read.
+
+    A protocol rather than an import: the policy validates its own trigger lists with this module, so this
+    module must not import the policy back.
+    """
+
+    @property
+    def http(self) -> Any: ...          # HTTPSettings: scalerAddress, concurrency, *Timeout, gatewayHeader
+
+    @property
+    def prometheus(self) -> Any: ...    # PrometheusSettings: serverAddress, namespaceLabel, podLabel, authRef
+
+    @property
+    def timezone(self) -> str: ...
 
 # ---------------------------------------------------------------------------------------------- helpers
 
@@ -96,7 +112,7 @@ class TriggerContext:
     kind: str
     name: str
     namespace: str
-    policy: Policy
+    policy: PolicyView
     min_replicas: int = 0
     backend: str = "vllm"
 
@@ -199,7 +215,7 @@ class HTTPTrigger(Preset):
             },
         }
 
-    def effective_timeouts(self, policy: Policy) -> dict[str, str]:
+    def effective_timeouts(self, policy: PolicyView) -> dict[str, str]:
         return {
             "readiness": self.readinessTimeout or policy.http.readinessTimeout,
             "request": self.requestTimeout or policy.http.requestTimeout,

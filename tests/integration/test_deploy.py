@@ -42,7 +42,7 @@ from webhook import constants as C
 from webhook.admission import Brain
 from webhook.kube import (EVENTS, HPAS, INTERCEPTORROUTES, LEASES, PLAYGROUNDS, SCALEDOBJECTS, ApiError, Kube,
                           KubeConfig, NotFound)
-from webhook.reconciler import Controller, run_controller
+from webhook.controller.reconciler import Controller, run_controller
 from tests.integration.test_reconciler import wait_for as poll
 
 ROOT = Path(__file__).resolve().parents[2]

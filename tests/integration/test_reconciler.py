@@ -23,7 +23,8 @@ from webhook.kube import (CONFIGMAPS, EVENTS, HPAS, INTERCEPTORROUTES, LEASES, N
                           SCALEDOBJECTS, SERVICES, ApiError, Kube, NotFound)
 from webhook.leader import LeaderElector
 from webhook.policy import Policy
-from webhook.reconciler import Controller, reconciler_metrics, run_controller
+from webhook.controller.metrics import reconciler_metrics
+from webhook.controller.reconciler import Controller, run_controller
 
 POLICY_CM = "llmaz-serverless-policy"
 ENABLED = {C.NAMESPACE_LABEL: "true"}

@@ -12,9 +12,12 @@ from webhook.keda import desired_objects
 from webhook.models import ModelCatalog
 from webhook.policy import Policy
 from webhook.policy_source import PolicySource
-from webhook.reconciler import (EventRecorder, Informer, WorkQueue, classify_hpas, contains, convert_elastic_config,
-                                fields_v1_paths, hpa_target_key, live_matches, namespace_enabled, object_paths,
-                                restore_replicas, slim_owned, workload_key_of_owned)
+from webhook.controller.events import EventRecorder
+from webhook.controller.informer import Informer
+from webhook.controller.objects import (classify_hpas, contains, convert_elastic_config, fields_v1_paths,
+                                        hpa_target_key, live_matches, namespace_enabled, object_paths,
+                                        restore_replicas, slim_owned, workload_key_of_owned)
+from webhook.controller.workqueue import WorkQueue
 from webhook.kube import PLAYGROUNDS
 
 

@@ -69,31 +69,28 @@ RBAC this needs (the chart must grant it):
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import copy
-import heapq
 import logging
 import random
 import time
-from collections import deque
-from typing import Any, Awaitable, Callable, Hashable, Iterable
+from typing import Any, Awaitable
 
-import jsonpatch
-
-from . import constants as C
-from .errors import Denied
-from .keda import Desired, desired_objects
-from .kube import (CONFIGMAPS, HPAS, INTERCEPTORROUTES, NAMESPACES, OPENMODELS, PLAYGROUNDS, SCALEDOBJECTS,
-                   SERVICES, WORKLOAD_RESOURCES, ApiError, Conflict, Kube, NotFound, Resource)
-from .leader import DEFAULT_LEASE_NAME, LeaderElector, default_identity
-from . import mutation
-from .policy_source import PolicySource
-from .settings import opted_out, owned_by_playground
+from .. import constants as C
+from ..errors import Denied
+from ..keda import Desired, desired_objects
+from ..kube import (CONFIGMAPS, HPAS, INTERCEPTORROUTES, NAMESPACES, OPENMODELS, PLAYGROUNDS, SCALEDOBJECTS,
+                    SERVICES, WORKLOAD_RESOURCES, ApiError, Conflict, Kube, NotFound, Resource)
+from ..leader import DEFAULT_LEASE_NAME, LeaderElector, default_identity
+from ..policy_source import PolicySource
+from ..settings import opted_out, owned_by_playground
+from .events import EventRecorder
+from .informer import Informer, obj_key, sleep_or_stop, wait_any
+from .metrics import reconciler_metrics
+from .objects import (Key, classify_hpas, convert_elastic_config, describe, hpa_target_key, is_ours_for,
+                      live_matches, namespace_enabled, namespace_terminating, restore_replicas, slim_hpa,
+                      slim_namespace, slim_owned, slim_workload, workload_key_of_owned, workload_replicas)
+from .workqueue import WorkQueue
 
 log = logging.getLogger("llmaz_serverless.reconciler")
-
-Key = tuple[str, str, str]          # (kind, namespace, name) of a workload
-ObjKey = tuple[str, str]            # (namespace, name) of a cached object ("" namespace: cluster-scoped)
 
 MANAGED_SELECTOR = f"{C.LABEL_MANAGED_BY}={C.MANAGED_BY}"
 EVENT_ATTACHED = "Attached"
@@ -102,636 +99,6 @@ EVENT_REMOVED = "Removed"
 EVENT_REJECTED = "Rejected"
 EVENT_POLICY_INVALID = "PolicyInvalid"
 EVENT_HPA_REPLACED = "HPAReplaced"
-
-
-# ============================================================================================ metrics
-
-
-class ReconcilerMetrics:
-    """Adapter over ``webhook.metrics.METRICS`` (when present) so this module also works without it."""
-
-    def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        try:
-            from .metrics import METRICS as shared  # type: ignore[attr-defined]
-        except Exception:  # noqa: BLE001 - metrics module absent or broken: keep private collectors
-            shared = None
-        self.registry = getattr(shared, "registry", None) or CollectorRegistry()
-        r = self.registry
-
-        def find(attr: str, make: Callable[[], Any]) -> Any:
-            existing = getattr(shared, attr, None)
-            return existing if existing is not None else make()
-
-        self.policy_valid = find("policy_valid", lambda: Gauge(
-            "llmaz_serverless_policy_valid", "1 when the policy ConfigMap is valid, 0 when rejected.", registry=r))
-        self.policy_errors = find("policy_errors", lambda: Counter(
-            "llmaz_serverless_policy_errors", "Policy documents rejected as invalid.", registry=r))
-        self.reconciles = find("reconciles", lambda: Counter(
-            "llmaz_serverless_reconciles", "Reconciles of workloads, by result.", ["result"], registry=r))
-        self.reconcile_duration = find("reconcile_duration", lambda: Histogram(
-            "llmaz_serverless_reconcile_duration_seconds", "Time to reconcile one workload.",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10), registry=r))
-        self.queue_depth = find("queue_depth", lambda: Gauge(
-            "llmaz_serverless_reconcile_queue_depth", "Workloads waiting to be reconciled.", registry=r))
-        self.managed_workloads = find("managed_workloads", lambda: Gauge(
-            "llmaz_serverless_managed_workloads", "Workloads with KEDA objects managed by llmaz-serverless.",
-            registry=r))
-
-
-_METRICS: ReconcilerMetrics | None = None
-
-
-def reconciler_metrics() -> ReconcilerMetrics:
-    global _METRICS
-    if _METRICS is None:
-        _METRICS = ReconcilerMetrics()
-    return _METRICS
-
-
-# ============================================================================================ work queue
-
-
-class WorkQueue:
-    """De-duplicating work queue with per-key exponential backoff (the client-go workqueue, in asyncio).
-
-    - a key waiting in the queue is there once, however often it is added;
-    - a key being processed is never handed to a second worker; re-added meanwhile, it is queued again
-      when ``done`` is called (so no change is lost);
-    - ``add_rate_limited`` re-adds a key after ``base * 2**failures`` seconds (capped), ``forget`` resets.
-
-    ``clock`` is injectable so the timing can be tested without sleeping (``get_nowait``).
-    """
-
-    def __init__(self, *, base_delay: float = 0.5, max_delay: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic,
-                 on_depth: Callable[[int], None] | None = None) -> None:
-        self.base_delay = base_delay
-        self.max_delay = max_delay
-        self.clock = clock
-        self._queue: deque[Hashable] = deque()
-        self._dirty: set[Hashable] = set()
-        self._processing: set[Hashable] = set()
-        self._delayed: list[tuple[float, int, Hashable]] = []
-        self._due: dict[Hashable, float] = {}
-        self._failures: dict[Hashable, int] = {}
-        self._seq = 0
-        self._wakeup = asyncio.Event()
-        self._on_depth = on_depth
-
-    def __len__(self) -> int:
-        return len(self._queue)
-
-    @property
-    def pending_delayed(self) -> int:
-        return len(self._due)
-
-    def _depth_changed(self) -> None:
-        if self._on_depth is not None:
-            self._on_depth(len(self._queue))
-
-    def add(self, key: Hashable) -> None:
-        if key in self._dirty:
-            return
-        self._dirty.add(key)
-        if key in self._processing:
-            return
-        self._queue.append(key)
-        self._wakeup.set()
-        self._depth_changed()
-
-    def add_after(self, key: Hashable, delay: float) -> None:
-        if delay <= 0:
-            self.add(key)
-            return
-        due = self.clock() + delay
-        if key in self._due and self._due[key] <= due:
-            return
-        self._due[key] = due
-        self._seq += 1
-        heapq.heappush(self._delayed, (due, self._seq, key))
-        self._wakeup.set()
-
-    def backoff(self, key: Hashable) -> float:
-        """The delay the next ``add_rate_limited(key)`` will use."""
-        n = self._failures.get(key, 0)
-        return min(self.max_delay, self.base_delay * (2 ** min(n, 32)))
-
-    def add_rate_limited(self, key: Hashable) -> float:
-        delay = self.backoff(key)
-        self._failures[key] = self._failures.get(key, 0) + 1
-        self.add_after(key, delay)
-        return delay
-
-    def failures(self, key: Hashable) -> int:
-        return self._failures.get(key, 0)
-
-    def forget(self, key: Hashable) -> None:
-        self._failures.pop(key, None)
-
-    def done(self, key: Hashable) -> None:
-        self._processing.discard(key)
-        if key in self._dirty:
-            self._queue.append(key)
-            self._wakeup.set()
-            self._depth_changed()
-
-    def clear(self) -> None:
-        """Drop everything waiting (leadership lost); keys in processing finish normally."""
-        self._queue.clear()
-        self._dirty.clear()
-        self._delayed.clear()
-        self._due.clear()
-        self._failures.clear()
-        self._depth_changed()
-
-    def _promote(self, now: float) -> None:
-        while self._delayed and self._delayed[0][0] <= now:
-            due, _, key = heapq.heappop(self._delayed)
-            if self._due.get(key) == due:
-                del self._due[key]
-                self.add(key)
-
-    def next_due(self) -> float | None:
-        while self._delayed and self._due.get(self._delayed[0][2]) != self._delayed[0][0]:
-            heapq.heappop(self._delayed)  # superseded entry
-        return self._delayed[0][0] if self._delayed else None
-
-    def get_nowait(self) -> Hashable | None:
-        self._promote(self.clock())
-        if not self._queue:
-            return None
-        key = self._queue.popleft()
-        self._dirty.discard(key)
-        self._processing.add(key)
-        self._depth_changed()
-        return key
-
-    async def get(self) -> Hashable:
-        while True:
-            key = self.get_nowait()
-            if key is not None:
-                return key
-            self._wakeup.clear()
-            due = self.next_due()
-            timeout = None if due is None else max(0.0, due - self.clock())
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
-            except asyncio.TimeoutError:
-                pass
-
-
-# ============================================================================================ informer
-
-Handler = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"], None]
-
-
-def _obj_key(obj: dict[str, Any]) -> ObjKey:
-    meta = obj.get("metadata") or {}
-    return (meta.get("namespace") or "", meta.get("name") or "")
-
-
-def _rv_int(obj: dict[str, Any] | None) -> int | None:
-    try:
-        return int((obj or {}).get("metadata", {}).get("resourceVersion"))
-    except (TypeError, ValueError):
-        return None
-
-
-class Informer:
-    """List + watch one resource into a local cache and call handlers on changes.
-
-    Handlers get ``(type, new, old)`` with type ADDED / MODIFIED / DELETED (``new`` is None for DELETED).
-    A relist (start, or after 410 Gone) is diffed against the cache, so handlers see exactly the changes
-    that happened while the watch was down, including deletions. ``synced`` is set after the first list.
-    Transport errors back off (0.2 s doubling to ``max_backoff``) and resume watching from the last seen
-    resourceVersion.
-    """
-
-    def __init__(self, kube: Kube, res: Resource, *, namespace: str | None = None,
-                 label_selector: str | None = None, field_selector: str | None = None,
-                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                 watch_timeout: int = 300, max_backoff: float = 5.0, name: str | None = None) -> None:
-        self.kube = kube
-        self.res = res
-        self.namespace = namespace
-        self.label_selector = label_selector
-        self.field_selector = field_selector
-        self.transform = transform
-        self.watch_timeout = watch_timeout
-        self.max_backoff = max_backoff
-        self.name = name or res.plural
-        self.cache: dict[ObjKey, dict[str, Any]] = {}
-        self.handlers: list[Handler] = []
-        self.on_synced: list[Callable[[], None]] = []
-        self.synced = asyncio.Event()
-        self.resource_version = ""
-        self.relists = 0
-        self.errors = 0
-
-    def add_handler(self, handler: Handler) -> None:
-        self.handlers.append(handler)
-
-    def get(self, namespace: str | None, name: str) -> dict[str, Any] | None:
-        return self.cache.get((namespace or "", name))
-
-    def values(self) -> Iterable[dict[str, Any]]:
-        return list(self.cache.values())
-
-    def _t(self, obj: dict[str, Any]) -> dict[str, Any]:
-        return self.transform(obj) if self.transform else obj
-
-    def put_local(self, obj: dict[str, Any]) -> None:
-        """Write-through after our own write (the watch event follows); never goes backwards."""
-        obj = self._t(obj)
-        key = _obj_key(obj)
-        old = self.cache.get(key)
-        new_rv, old_rv = _rv_int(obj), _rv_int(old)
-        if old is None or new_rv is None or old_rv is None or new_rv >= old_rv:
-            self.cache[key] = obj
-
-    def remove_local(self, namespace: str | None, name: str) -> None:
-        self.cache.pop((namespace or "", name), None)
-
-    def _emit(self, typ: str, new: dict[str, Any] | None, old: dict[str, Any] | None) -> None:
-        for h in self.handlers:
-            try:
-                h(typ, new, old)
-            except Exception:  # noqa: BLE001
-                log.exception("%s handler failed on %s", self.name, typ)
-
-    def _replace(self, items: list[dict[str, Any]]) -> None:
-        fresh = {}
-        for raw in items:
-            obj = self._t(raw)
-            fresh[_obj_key(obj)] = obj
-        old_cache = self.cache
-        self.cache = fresh
-        for key, obj in fresh.items():
-            old = old_cache.get(key)
-            if old is None:
-                self._emit("ADDED", obj, None)
-            elif (old.get("metadata") or {}).get("resourceVersion") != (obj.get("metadata") or {}).get(
-                    "resourceVersion"):
-                self._emit("MODIFIED", obj, old)
-        for key, old in old_cache.items():
-            if key not in fresh:
-                self._emit("DELETED", None, old)
-
-    def _apply_event(self, event: dict[str, Any]) -> None:
-        typ = event.get("type")
-        raw = event.get("object") or {}
-        rv = (raw.get("metadata") or {}).get("resourceVersion")
-        if rv:
-            self.resource_version = rv
-        if typ == "BOOKMARK":
-            return
-        obj = self._t(raw)
-        key = _obj_key(obj)
-        old = self.cache.get(key)
-        if typ in ("ADDED", "MODIFIED"):
-            self.cache[key] = obj
-            self._emit("ADDED" if old is None else "MODIFIED", obj, old)
-        elif typ == "DELETED":
-            self.cache.pop(key, None)
-            self._emit("DELETED", None, old or obj)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        need_list = True
-        backoff = 0.2
-        while not stop.is_set():
-            try:
-                if need_list:
-                    result = await self.kube.list(self.res, self.namespace, label_selector=self.label_selector,
-                                                  field_selector=self.field_selector)
-                    self._replace(result.items)
-                    self.resource_version = result.resource_version
-                    self.relists += 1
-                    need_list = False
-                    if not self.synced.is_set():
-                        self.synced.set()
-                        for cb in self.on_synced:
-                            cb()
-                timeout = int(self.watch_timeout * random.uniform(0.8, 1.2))
-                async with contextlib.aclosing(self.kube.watch(
-                        self.res, self.namespace, resource_version=self.resource_version,
-                        label_selector=self.label_selector, field_selector=self.field_selector,
-                        timeout_seconds=timeout)) as events:
-                    async for event in events:
-                        self._apply_event(event)
-                        backoff = 0.2
-                        if stop.is_set():
-                            return
-            except asyncio.CancelledError:
-                raise
-            except ApiError as exc:
-                self.errors += 1
-                if exc.status == 410:
-                    log.debug("%s: resourceVersion too old, relisting", self.name)
-                    need_list = True
-                    continue
-                transient = exc.status in (0, 429, 500, 502, 503, 504)
-                log.log(logging.INFO if transient else logging.WARNING,
-                        "%s: list/watch failed (%s); retrying in %.1fs", self.name, exc, backoff)
-                if not transient:
-                    need_list = True  # e.g. 403 while RBAC settles: start over cleanly
-                await _sleep_or_stop(stop, backoff * random.uniform(0.8, 1.2))
-                backoff = min(self.max_backoff, backoff * 2)
-            except Exception:  # noqa: BLE001 - e.g. a malformed event: never let an informer die
-                self.errors += 1
-                log.exception("%s: watch loop error; relisting", self.name)
-                need_list = True
-                await _sleep_or_stop(stop, backoff)
-                backoff = min(self.max_backoff, backoff * 2)
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except asyncio.TimeoutError:
-        pass
-
-
-async def _wait_any(*events: asyncio.Event) -> None:
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
-
-
-# ============================================================================================ pure helpers
-
-
-def _labels(obj: dict[str, Any] | None) -> dict[str, str]:
-    meta = (obj or {}).get("metadata") or {}
-    labels = meta.get("labels")
-    return labels if isinstance(labels, dict) else {}
-
-
-def workload_key_of_owned(obj: dict[str, Any]) -> Key | None:
-    """The workload a KEDA object of ours belongs to (from its labels), or None if it is not ours."""
-    labels = _labels(obj)
-    if labels.get(C.LABEL_MANAGED_BY) != C.MANAGED_BY:
-        return None
-    kind, name = labels.get(C.LABEL_WORKLOAD_KIND), labels.get(C.LABEL_WORKLOAD_NAME)
-    if kind not in C.WORKLOAD_KINDS or not name:
-        return None
-    return (kind, (obj.get("metadata") or {}).get("namespace") or "", name)
-
-
-def is_ours_for(obj: dict[str, Any] | None, kind: str, name: str) -> bool:
-    labels = _labels(obj)
-    return (labels.get(C.LABEL_MANAGED_BY) == C.MANAGED_BY and labels.get(C.LABEL_WORKLOAD_KIND) == kind
-            and labels.get(C.LABEL_WORKLOAD_NAME) == name)
-
-
-def hpa_target_key(hpa: dict[str, Any]) -> Key | None:
-    """The llmaz workload an HPA scales, or None."""
-    ref = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
-    api = str(ref.get("apiVersion") or "")
-    if ref.get("kind") not in C.WORKLOAD_KINDS or not api.startswith(C.LLMAZ_GROUP + "/") or not ref.get("name"):
-        return None
-    return (ref["kind"], (hpa.get("metadata") or {}).get("namespace") or "", ref["name"])
-
-
-def namespace_enabled(ns: dict[str, Any] | None) -> bool:
-    return _labels(ns).get(C.NAMESPACE_LABEL) == "true"
-
-
-def namespace_terminating(ns: dict[str, Any] | None) -> bool:
-    if ns is None:
-        return False
-    return bool((ns.get("metadata") or {}).get("deletionTimestamp")) or (
-        (ns.get("status") or {}).get("phase") == "Terminating")
-
-
-def contains(desired: Any, live: Any) -> bool:
-    """Every field of ``desired`` is in ``live`` with the same value (lists: same length, item by item)."""
-    if isinstance(desired, dict):
-        if not isinstance(live, dict):
-            return False
-        return all(v is None or (k in live and contains(v, live[k])) for k, v in desired.items())
-    if isinstance(desired, list):
-        return isinstance(live, list) and len(desired) == len(live) and all(
-            contains(d, x) for d, x in zip(desired, live))
-    if isinstance(desired, bool) or isinstance(live, bool):
-        return isinstance(desired, bool) and isinstance(live, bool) and desired == live
-    return desired == live
-
-
-_IGNORED_PATHS = {("apiVersion",), ("kind",), ("metadata", "name"), ("metadata", "namespace")}
-
-
-def object_paths(obj: dict[str, Any], prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
-    """Field paths set by ``obj`` as server-side apply tracks them (maps recurse, lists are leaves)."""
-    out: set[tuple[str, ...]] = set()
-    for k, v in obj.items():
-        if v is None:
-            continue
-        p = prefix + (k,)
-        if isinstance(v, dict) and v:
-            out |= object_paths(v, p)
-        else:
-            out.add(p)
-    return out - _IGNORED_PATHS if not prefix else out
-
-
-def fields_v1_paths(fields: dict[str, Any], prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
-    """The same paths from a managedFields ``fieldsV1`` tree (list items collapse onto their list)."""
-    out: set[tuple[str, ...]] = set()
-    for k, v in fields.items():
-        if k == ".":
-            continue
-        if not k.startswith("f:"):
-            out.add(prefix)          # k:/v:/i: entries: prefix is a (keyed) list, a leaf for us
-            continue
-        p = prefix + (k[2:],)
-        if isinstance(v, dict) and any(kk != "." for kk in v):
-            out |= fields_v1_paths(v, p)
-        else:
-            out.add(p)
-    return out
-
-
-def owned_paths(live: dict[str, Any], manager: str = C.FIELD_MANAGER) -> set[tuple[str, ...]] | None:
-    """Paths our field manager owns through Apply, or None when it owns nothing."""
-    found = None
-    for entry in (live.get("metadata") or {}).get("managedFields") or []:
-        if entry.get("manager") == manager and entry.get("operation") == "Apply":
-            found = (found or set()) | fields_v1_paths(entry.get("fieldsV1") or {})
-    return found
-
-
-def live_matches(desired: dict[str, Any], live: dict[str, Any] | None, manager: str = C.FIELD_MANAGER) -> bool:
-    """Is the live object what an apply of ``desired`` would produce (for the fields we own)?"""
-    if live is None:
-        return False
-    dm, lm = desired.get("metadata") or {}, live.get("metadata") or {}
-    if not contains(dm.get("labels") or {}, lm.get("labels") or {}):
-        return False
-    if dm.get("ownerReferences") and not contains(dm["ownerReferences"], lm.get("ownerReferences") or []):
-        return False
-    if not contains(desired.get("spec") or {}, live.get("spec") or {}):
-        return False
-    owned = owned_paths(live, manager)
-    return owned is not None and owned == object_paths(desired)
-
-
-def restore_replicas(scaled_object: dict[str, Any] | None) -> int:
-    """Replicas to give a workload found at 0 when its ScaledObject goes away: never stranded at zero."""
-    spec = (scaled_object or {}).get("spec") or {}
-    prev_min = spec.get("minReplicaCount")
-    prev_min = prev_min if isinstance(prev_min, int) and not isinstance(prev_min, bool) else 0
-    return max(1, prev_min)
-
-
-def workload_replicas(obj: dict[str, Any]) -> int | None:
-    value = (obj.get("spec") or {}).get("replicas")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _owned_by_uid(obj: dict[str, Any], uid: str | None) -> bool:
-    return bool(uid) and any(isinstance(r, dict) and r.get("uid") == uid
-                             for r in (obj.get("metadata") or {}).get("ownerReferences") or [])
-
-
-def classify_hpas(workload: dict[str, Any], hpas: Iterable[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
-    """Split the HPAs targeting ``workload`` into (llmaz's, foreign). KEDA's own HPA is neither.
-
-    llmaz's HPA is owned by the Playground (and named after it); an HPA named after a Playground that
-    still has ``spec.elasticConfig`` is treated as llmaz's as well.
-    """
-    meta = workload.get("metadata") or {}
-    name, uid = meta.get("name"), meta.get("uid")
-    keda_name = C.KEDA_HPA_PREFIX + C.scaled_object_name(name or "")
-    has_elastic = workload.get("kind") == C.KIND_PLAYGROUND and (workload.get("spec") or {}).get(
-        "elasticConfig") is not None
-    llmaz, foreign = [], []
-    for h in hpas:
-        hmeta = h.get("metadata") or {}
-        owners = hmeta.get("ownerReferences") or []
-        if hmeta.get("name") == keda_name or any(isinstance(o, dict) and o.get("kind") == "ScaledObject"
-                                                 for o in owners):
-            continue
-        if _owned_by_uid(h, uid) or (has_elastic and hmeta.get("name") == name):
-            llmaz.append(h)
-        else:
-            foreign.append(h)
-    return llmaz, foreign
-
-
-def convert_elastic_config(workload: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
-    """``workload`` with ``spec.elasticConfig`` turned into our annotations (by the mutating webhook's own
-    rule), the JSON patch that gets there, and the conversion notes."""
-    converted = copy.deepcopy(workload)
-    notes: list[str] = []
-    mutation.convert_elastic_config(converted, notes)
-
-    def part(o: dict[str, Any]) -> dict[str, Any]:
-        meta = o.get("metadata") or {}
-        out: dict[str, Any] = {"metadata": {}, "spec": {}}
-        if "annotations" in meta:
-            out["metadata"]["annotations"] = meta["annotations"]
-        if "elasticConfig" in (o.get("spec") or {}):
-            out["spec"]["elasticConfig"] = o["spec"]["elasticConfig"]
-        return out
-
-    ops = list(jsonpatch.make_patch(part(workload), part(converted)))
-    rv = (workload.get("metadata") or {}).get("resourceVersion")
-    if rv:
-        ops.insert(0, {"op": "test", "path": "/metadata/resourceVersion", "value": rv})
-    return converted, ops, notes
-
-
-def describe(so: dict[str, Any] | None) -> str:
-    spec = (so or {}).get("spec") or {}
-    trig = ", ".join(str(t.get("name") or t.get("type")) for t in spec.get("triggers") or [])
-    return f"replicas {spec.get('minReplicaCount')}..{spec.get('maxReplicaCount')}, triggers: {trig}"
-
-
-# ------------------------------------------------------------------------ cache transforms (memory)
-
-
-def _slim_meta(meta: dict[str, Any], keep_managed: bool) -> dict[str, Any]:
-    out = {k: v for k, v in meta.items() if k != "managedFields"}
-    if keep_managed:
-        mf = [e for e in meta.get("managedFields") or [] if e.get("manager") == C.FIELD_MANAGER]
-        if mf:
-            out["managedFields"] = mf
-    return out
-
-
-def slim_owned(obj: dict[str, Any]) -> dict[str, Any]:
-    """KEDA objects: metadata (with only our managedFields) and spec; status is not needed."""
-    return {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
-            "metadata": _slim_meta(obj.get("metadata") or {}, True), "spec": obj.get("spec") or {}}
-
-
-def slim_workload(obj: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in obj.items() if k != "status"}
-    out["metadata"] = _slim_meta(obj.get("metadata") or {}, False)
-    return out
-
-
-def slim_namespace(obj: dict[str, Any]) -> dict[str, Any]:
-    meta = obj.get("metadata") or {}
-    return {"metadata": {k: meta[k] for k in ("name", "uid", "labels", "deletionTimestamp", "resourceVersion")
-                         if k in meta},
-            "status": {"phase": (obj.get("status") or {}).get("phase")}}
-
-
-def slim_hpa(obj: dict[str, Any]) -> dict[str, Any]:
-    meta = obj.get("metadata") or {}
-    return {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
-            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "ownerReferences", "resourceVersion")
-                         if k in meta},
-            "spec": {"scaleTargetRef": (obj.get("spec") or {}).get("scaleTargetRef") or {}}}
-
-
-# ============================================================================================ events
-
-
-class EventRecorder:
-    """Kubernetes Events about workloads, with identical consecutive events per object suppressed."""
-
-    def __init__(self, kube: Kube | None, instance: str, enabled: bool = True) -> None:
-        self.kube = kube
-        self.instance = instance
-        self.enabled = enabled and kube is not None
-        self._last: dict[Hashable, tuple[str, str]] = {}
-        self.sent = 0
-
-    def should_emit(self, key: Hashable, reason: str, message: str) -> bool:
-        """Pure part: False when this is the same (reason, message) as the last event for ``key``."""
-        if self._last.get(key) == (reason, message):
-            return False
-        self._last[key] = (reason, message)
-        return True
-
-    def forget(self, key: Hashable) -> None:
-        self._last.pop(key, None)
-
-    async def emit(self, key: Hashable, involved: dict[str, Any], reason: str, message: str,
-                   type: str = "Normal") -> None:
-        if not self.should_emit(key, reason, message):
-            return
-        log.info("event %s %s/%s: %s", reason, (involved.get("metadata") or {}).get("namespace"),
-                 (involved.get("metadata") or {}).get("name"), message)
-        if not self.enabled:
-            return
-        assert self.kube is not None
-        try:
-            await self.kube.create_event(involved, reason, message, type=type, instance=self.instance)
-            self.sent += 1
-        except ApiError as exc:
-            self._last.pop(key, None)   # try again next time
-            log.warning("could not record event %s: %s", reason, exc)
-
-
-# ============================================================================================ controller
 
 
 class ForeignObject(Exception):
@@ -817,7 +184,7 @@ class Controller:
     def _on_workload(self, typ: str, new: dict[str, Any] | None, old: dict[str, Any] | None) -> None:
         obj = new or old or {}
         kind = obj.get("kind") or ""
-        ns, name = _obj_key(obj)
+        ns, name = obj_key(obj)
         if typ == "DELETED":
             self.managed.discard((kind, ns, name))
             self.metrics.managed_workloads.set(len(self.managed))
@@ -828,7 +195,7 @@ class Controller:
         if typ == "MODIFIED" and namespace_enabled(new) == namespace_enabled(old) and \
                 namespace_terminating(new) == namespace_terminating(old):
             return
-        ns = _obj_key(new or old or {})[1]
+        ns = obj_key(new or old or {})[1]
         for kind, inf in ((C.KIND_PLAYGROUND, self.playgrounds), (C.KIND_SERVICE, self.services)):
             for (wns, name) in list(inf.cache):
                 if wns == ns:
@@ -837,7 +204,7 @@ class Controller:
     def _on_openmodel(self, typ: str, new: dict[str, Any] | None, old: dict[str, Any] | None) -> None:
         models = self.brain.models
         if typ == "DELETED":
-            models.remove(_obj_key(old or {})[1])
+            models.remove(obj_key(old or {})[1])
         else:
             assert new is not None
             models.put(new)
@@ -859,7 +226,7 @@ class Controller:
             key = hpa_target_key(obj)
             if key is None:
                 continue
-            name = _obj_key(obj)[1]
+            name = obj_key(obj)[1]
             bucket = self._hpa_index.setdefault(key, {})
             if present:
                 bucket[name] = obj
@@ -930,7 +297,7 @@ class Controller:
 
     async def run_workers(self, stop: asyncio.Event) -> None:
         """Reconcile until ``stop`` is set (leadership lost or shutdown). Waits for the caches first."""
-        await _wait_any(self.synced, stop)
+        await wait_any(self.synced, stop)
         if stop.is_set():
             return
         self.leading = True
@@ -949,7 +316,7 @@ class Controller:
 
     async def _resync_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await _sleep_or_stop(stop, self.resync * random.uniform(0.9, 1.1))
+            await sleep_or_stop(stop, self.resync * random.uniform(0.9, 1.1))
             if not stop.is_set():
                 self.enqueue_all()
 
@@ -1210,7 +577,7 @@ async def run_controller(kube: Kube, brain: Any, *, namespace: str, policy_confi
         election = asyncio.create_task(elector.run(stop), name="leader-election")
         try:
             while not stop.is_set():
-                await _wait_any(elector.leading, stop)
+                await wait_any(elector.leading, stop)
                 if stop.is_set():
                     break
                 lost.clear()
@@ -1235,5 +602,5 @@ class _Either:
         self._task = asyncio.ensure_future(self._watch(events))
 
     async def _watch(self, events: tuple[asyncio.Event, ...]) -> None:
-        await _wait_any(*events)
+        await wait_any(*events)
         self.event.set()
