@@ -20,6 +20,8 @@ SUBCOMMANDS = (
     ("serve", "webhook.server"),
     ("check", "webhook.check"),
     ("certs", "certs.cli"),
+    ("simulate", "webhook.simulate.cli"),
+    ("recommend", "webhook.simulate.cli"),
 )
 
 
