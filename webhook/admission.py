@@ -17,6 +17,7 @@ from .errors import Denied
 from .models import ModelCatalog
 from .mutation import mutate
 from .policy import Policy
+from .prerequisites import ASSUMED, Installed
 from .review import AdmissionRequest, AdmissionResult
 from .validation import validate
 
@@ -88,6 +89,9 @@ class Brain:
     def __init__(self, policy: Policy | None = None, models: ModelCatalog | None = None) -> None:
         self.policy = policy or Policy.default()
         self.models = models if models is not None else ModelCatalog()
+        # Which optional APIs the cluster serves; kept current by the reconciler's API discovery on every
+        # replica. Unknown (no cluster, or not asked yet) counts as installed.
+        self.installed: Installed = ASSUMED
 
     def _in_scope(self, req: AdmissionRequest) -> bool:
         return (req.group == C.LLMAZ_GROUP and req.kind in C.WORKLOAD_KINDS
@@ -101,7 +105,7 @@ class Brain:
         raw = req.object
         assert raw is not None
         try:
-            m = mutate(raw, req.old_object, req.operation, policy, models)
+            m = mutate(raw, req.old_object, req.operation, policy, models, self.installed)
         except Denied as d:
             return AdmissionResult(allowed=False, message=d.message, code=d.code, reason="denied")
         patch = make_patch(raw, m.obj) if m.changed else []

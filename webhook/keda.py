@@ -15,6 +15,7 @@ from . import constants as C
 from .errors import Denied, Problem
 from .models import ModelCatalog
 from .policy import Policy
+from .prerequisites import ASSUMED, Degraded, Installed, degrade
 from .settings import Analysis, analyze
 from .triggers import HTTPTrigger, assign_names
 
@@ -24,6 +25,11 @@ class Desired:
     analysis: Analysis
     scaled_object: dict[str, Any] | None = None
     interceptor_route: dict[str, Any] | None = None
+    degraded: Degraded | None = None     # set for a managed workload; ``missing`` says what is not installed
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        return self.degraded.missing if self.degraded else ()
 
     def objects(self) -> list[dict[str, Any]]:
         return [o for o in (self.interceptor_route, self.scaled_object) if o is not None]
@@ -81,8 +87,12 @@ def _metadata(kind: str, name: str, obj_name: str, namespace: str, owner: dict[s
     return meta
 
 
-def desired_objects(workload: dict[str, Any], policy: Policy, models: ModelCatalog) -> Desired:
+def desired_objects(workload: dict[str, Any], policy: Policy, models: ModelCatalog,
+                    installed: Installed = ASSUMED) -> Desired:
     """The KEDA objects that should exist for ``workload``; none when it is not managed.
+
+    ``installed`` says which optional APIs the cluster serves; a missing one changes what is built by the
+    never-stranded rule of ``webhook.prerequisites`` (``Desired.degraded`` says what and why).
 
     Raises ``Denied`` when the workload's settings are invalid (the caller reports it; nothing is built from
     a half-valid configuration).
@@ -104,7 +114,10 @@ def desired_objects(workload: dict[str, Any], policy: Policy, models: ModelCatal
         raise Denied.one("metadata.name", "not set: KEDA objects are named after the stored workload",
                          "build them from the object as stored by the API server (it has metadata.name)")
     assert an.settings is not None
-    s = an.settings
+    desired.degraded = degraded = degrade(an.settings, installed)
+    if not degraded.scaled_object:
+        return desired
+    s = degraded.settings
     kind, name, ns = an.kind, an.name, an.namespace
     owner = owner_reference(workload)
     ctx = an.trigger_context(policy)

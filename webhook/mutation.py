@@ -14,6 +14,7 @@ Rules, in order:
 5. ``serverless.llmaz.io/managed`` and ``serverless.llmaz.io/resolved`` record what was decided.
 6. ``spec.replicas``: on CREATE 0 when the workload starts at zero, else clamped into [max(min,1), max]; on
    UPDATE the live value is kept (KEDA owns replicas; a re-applied manifest must not fight the autoscaler).
+   When KEDA, or the HTTP add-on for an ``http`` workload, is not installed, never 0 (``webhook.prerequisites``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from . import constants as C
 from .errors import Denied, Problem
 from .models import ModelCatalog
 from .policy import Policy
+from .prerequisites import ASSUMED, Installed, degrade
 from .settings import Analysis, analyze, annotations_of, opted_out
 
 
@@ -132,7 +134,7 @@ def _writable_copy(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def mutate(raw: dict[str, Any], old: dict[str, Any] | None, operation: str, policy: Policy,
-           models: ModelCatalog) -> Mutation:
+           models: ModelCatalog, installed: Installed = ASSUMED) -> Mutation:
     """Return the mutated copy of ``raw``; raise ``Denied`` if the object's settings are invalid.
 
     ``raw`` is never modified. The copy shares the sub-trees the rules do not write with ``raw`` (see
@@ -165,17 +167,21 @@ def mutate(raw: dict[str, Any], old: dict[str, Any] | None, operation: str, poli
                                     "those annotations explicitly"))
         raise Denied(problems)
     assert an.settings is not None
-    s = an.settings
+    # What the cluster cannot do changes the replicas, never the annotations (they come back into force by
+    # themselves once the missing API is installed): see webhook.prerequisites.
+    degraded = degrade(an.settings, installed)
+    s = degraded.settings
     ann = _annotations(obj)
     ann[C.ANN_MANAGED] = "true"
-    ann[C.ANN_RESOLVED] = s.as_annotation()
+    ann[C.ANN_RESOLVED] = an.settings.as_annotation()
 
     spec = obj.get("spec")
     if not isinstance(spec, dict):   # absent or null
         spec = obj["spec"] = {}
     live = _replicas(old) if operation == "UPDATE" and old is not None else None
     if live is not None:
-        spec["replicas"] = live
+        # Never left at zero by an edit while nothing could wake it up again.
+        spec["replicas"] = max(live, degraded.floor) if degraded.missing else live
     elif operation in ("CREATE", "UPDATE"):
         if s.start_at_zero:
             spec["replicas"] = 0
@@ -184,4 +190,5 @@ def mutate(raw: dict[str, Any], old: dict[str, Any] | None, operation: str, poli
             floor = max(s.min_replicas, 1)
             spec["replicas"] = floor if current is None else min(max(current, floor), s.max_replicas)
     warnings.extend(an.warnings)
+    warnings.extend(degraded.reasons)
     return Mutation(obj=obj, analysis=an, warnings=warnings, changed=obj != raw)

@@ -541,7 +541,8 @@ async def start_background(app_state: AppState) -> None:
 
     policy_name = args.policy_configmap.split("/")[1] if args.policy_configmap else None
     controller = Controller(kube, app_state.brain, namespace=service_namespace, policy_configmap=policy_name,
-                            identity=None, resync=args.resync)
+                            identity=None, resync=args.resync, discovery_interval=args.discovery_interval,
+                            keda_ready_bound=args.keda_ready_timeout)
     if controller.policy_informer is not None:
         async def mark_policy_read() -> None:
             # Readiness waits for the first read of the policy ConfigMap (or its absence).
@@ -563,6 +564,16 @@ async def start_background(app_state: AppState) -> None:
             await kube.close()
 
     app_state.spawn(run_and_close(), "informers" if args.no_reconcile else "controller")
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be greater than 0")
+    return number
 
 
 def _is_ip(value: str) -> bool:
@@ -772,6 +783,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     kube.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
     kube.add_argument("--resync", type=float, default=300.0,
                       help="seconds between full resyncs of every managed workload (default %(default)s)")
+    kube.add_argument("--discovery-interval", type=_positive_float, default=15.0, metavar="SECONDS",
+                      help="how often to ask the API server whether KEDA and the HTTP add-on are installed "
+                           "(default %(default)s)")
+    kube.add_argument("--keda-ready-timeout", type=_positive_float, default=60.0, metavar="SECONDS",
+                      help="a ScaledObject KEDA has not reconciled this long after its creation gets a Warning "
+                           "Event on its workload (default %(default)s)")
     tls.add_argument("--cert-extra-san", action="append", default=[], metavar="NAME_OR_IP",
                      help="self-managed mode: extra DNS name or IP address in the serving certificate "
                           "(repeatable; e.g. 127.0.0.1 for a webhook reached on loopback)")

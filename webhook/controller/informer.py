@@ -60,6 +60,12 @@ class Informer:
         self.relists = 0
         self.errors = 0
 
+    def reset(self) -> None:
+        """Forget everything (its API went away); the next ``run`` starts with a fresh list."""
+        self.cache = {}
+        self.synced = asyncio.Event()
+        self.resource_version = ""
+
     def add_handler(self, handler: Handler) -> None:
         self.handlers.append(handler)
 

@@ -36,6 +36,13 @@ class ReconcilerMetrics:
         self.managed_workloads = find("managed_workloads", lambda: Gauge(
             "llmaz_serverless_managed_workloads", "Workloads with KEDA objects managed by llmaz-serverless.",
             registry=r))
+        self.prerequisite_ok = find("prerequisite_ok", lambda: Gauge(
+            "llmaz_serverless_prerequisite_ok",
+            "1 when the optional API `name` (keda, http-add-on) is served by the API server, 0 when it is not.",
+            ["name"], registry=r))
+        self.degraded_workloads = find("degraded_workloads", lambda: Gauge(
+            "llmaz_serverless_degraded_workloads",
+            "Managed workloads kept above zero because an API they need is not installed.", registry=r))
 
 
 _METRICS: ReconcilerMetrics | None = None

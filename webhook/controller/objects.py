@@ -215,9 +215,13 @@ def _slim_meta(meta: dict[str, Any], keep_managed: bool) -> dict[str, Any]:
 
 
 def slim_owned(obj: dict[str, Any]) -> dict[str, Any]:
-    """KEDA objects: metadata (with only our managedFields) and spec; status is not needed."""
-    return {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
-            "metadata": _slim_meta(obj.get("metadata") or {}, True), "spec": obj.get("spec") or {}}
+    """KEDA objects: metadata (with only our managedFields), spec, and the status conditions KEDA writes."""
+    out = {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
+           "metadata": _slim_meta(obj.get("metadata") or {}, True), "spec": obj.get("spec") or {}}
+    status = obj.get("status")
+    if isinstance(status, dict) and isinstance(status.get("conditions"), list):
+        out["status"] = {"conditions": status["conditions"]}
+    return out
 
 
 def slim_workload(obj: dict[str, Any]) -> dict[str, Any]:

@@ -69,6 +69,7 @@ RBAC this needs (the chart must grant it):
 from __future__ import annotations
 
 import asyncio
+import datetime as _dt
 import logging
 import random
 import time
@@ -82,7 +83,10 @@ from ..kube import (CONFIGMAPS, HPAS, INTERCEPTORROUTES, NAMESPACES, OPENMODELS,
 from ..leader import DEFAULT_LEASE_NAME, LeaderElector, default_identity
 from ..policy_source import PolicySource
 from ..settings import opted_out, owned_by_playground
+from ..prerequisites import HTTP_ADDON, KEDA
+from .discovery import APIDiscovery
 from .events import EventRecorder
+from .kedastatus import DEFAULT_BOUND, REASON_READY, judge
 from .informer import Informer, obj_key, sleep_or_stop, wait_any
 from .metrics import reconciler_metrics
 from .objects import (Key, classify_hpas, convert_elastic_config, describe, hpa_target_key, is_ours_for,
@@ -99,6 +103,8 @@ EVENT_REMOVED = "Removed"
 EVENT_REJECTED = "Rejected"
 EVENT_POLICY_INVALID = "PolicyInvalid"
 EVENT_HPA_REPLACED = "HPAReplaced"
+EVENT_PREREQUISITE_MISSING = "PrerequisiteMissing"
+EVENT_SCALED_FROM_ZERO = "ScaledUpFromZero"
 
 
 class ForeignObject(Exception):
@@ -111,7 +117,8 @@ class Controller:
     def __init__(self, kube: Kube, brain: Any, *, namespace: str, policy_configmap: str | None,
                  identity: str | None = None, resync: float = 300.0, workers: int = 4,
                  events: bool = True, base_delay: float = 0.5, max_delay: float = 60.0,
-                 watch_timeout: int = 300) -> None:
+                 watch_timeout: int = 300, discovery_interval: float = 15.0,
+                 keda_ready_bound: float = DEFAULT_BOUND) -> None:
         self.kube = kube
         self.brain = brain
         self.namespace = namespace
@@ -132,6 +139,12 @@ class Controller:
         self._bg: set[asyncio.Task] = set()
         self._hpa_index: dict[Key, dict[str, dict[str, Any]]] = {}
         self.elector: LeaderElector | None = None      # set by run_controller with leader election
+        self.keda_ready_bound = keda_ready_bound
+        self.degraded: set[Key] = set()                # managed workloads held above zero (prerequisites)
+        self._keda_warned: set[Key] = set()            # workloads with a KEDA status warning outstanding
+        self.discovery = APIDiscovery(kube, interval=discovery_interval, on_change=self._on_api_change)
+        self._optional_tasks: dict[str, asyncio.Task] = {}
+        self._stop: asyncio.Event | None = None
 
         wt = watch_timeout
         self.playgrounds = Informer(kube, PLAYGROUNDS, transform=slim_workload, watch_timeout=wt)
@@ -145,6 +158,9 @@ class Controller:
         self.hpas = Informer(kube, HPAS, transform=slim_hpa, watch_timeout=wt)
         self.informers = [self.playgrounds, self.services, self.namespaces, self.openmodels, self.scaledobjects,
                           self.routes, self.hpas]
+        # Informers of optional APIs run only while discovery finds their API served: a missing HTTP add-on
+        # (or KEDA) never holds up the rest, and an API installed later is picked up without a restart.
+        self.optional: dict[str, Informer] = {KEDA: self.scaledobjects, HTTP_ADDON: self.routes}
         self.policy_informer: Informer | None = None
         if policy_configmap:
             self.policy_informer = Informer(kube, CONFIGMAPS, namespace=namespace,
@@ -186,9 +202,14 @@ class Controller:
         kind = obj.get("kind") or ""
         ns, name = obj_key(obj)
         if typ == "DELETED":
-            self.managed.discard((kind, ns, name))
+            key = (kind, ns, name)
+            self.managed.discard(key)
             self.metrics.managed_workloads.set(len(self.managed))
-            self.recorder.forget((kind, ns, name))
+            self.degraded.discard(key)
+            self.metrics.degraded_workloads.set(len(self.degraded))
+            self._keda_warned.discard(key)
+            for sub in (key, key + ("prerequisite",), key + ("keda",)):
+                self.recorder.forget(sub)
         self.enqueue((kind, ns, name))
 
     def _on_namespace(self, typ: str, new: dict[str, Any] | None, old: dict[str, Any] | None) -> None:
@@ -277,18 +298,53 @@ class Controller:
 
     # ------------------------------------------------------------------------------ running
 
+    @property
+    def core_informers(self) -> list[Informer]:
+        optional = list(self.optional.values())
+        return [inf for inf in self.informers if inf not in optional]
+
+    def _start_optional(self, name: str) -> None:
+        if name in self._optional_tasks or self._stop is None or self._stop.is_set():
+            return
+        inf = self.optional[name]
+        self._optional_tasks[name] = asyncio.create_task(inf.run(self._stop), name=f"informer-{inf.name}")
+
+    def _stop_optional(self, name: str) -> None:
+        task = self._optional_tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+        self.optional[name].reset()
+
+    def _on_api_change(self, name: str, present: bool) -> None:
+        """Discovery saw an optional API appear or go: follow it, and look at every workload again."""
+        self.brain.installed = self.discovery.installed
+        if present:
+            self._start_optional(name)
+        else:
+            self._stop_optional(name)
+        self.enqueue_all()
+
     async def run_informers(self, stop: asyncio.Event) -> None:
-        tasks = [asyncio.create_task(inf.run(stop), name=f"informer-{inf.name}") for inf in self.informers]
+        self._stop = stop
+        tasks = [asyncio.create_task(inf.run(stop), name=f"informer-{inf.name}") for inf in self.core_informers]
+        tasks.append(asyncio.create_task(self.discovery.run(stop), name="api-discovery"))
 
         async def mark_synced() -> None:
-            await asyncio.gather(*(inf.synced.wait() for inf in self.informers))
+            await asyncio.gather(*(inf.synced.wait() for inf in self.core_informers),
+                                 self.discovery.first_round.wait())
+            for name in self.optional:
+                if self.discovery.installed.known(name) is None:   # could not be asked: assume installed
+                    self._start_optional(name)
             self.synced.set()
-            log.info("caches synced: %s", ", ".join(f"{inf.name}={len(inf.cache)}" for inf in self.informers))
+            log.info("caches synced: %s; installed: %s", ", ".join(
+                f"{inf.name}={len(inf.cache)}" for inf in self.core_informers), self.discovery.installed)
 
         tasks.append(asyncio.create_task(mark_synced()))
         try:
             await stop.wait()
         finally:
+            tasks.extend(self._optional_tasks.values())
+            self._optional_tasks.clear()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -380,9 +436,14 @@ class Controller:
         ns_obj = self.namespaces.get(None, ns)
         if ns_obj is None or namespace_terminating(ns_obj):
             return "skipped"
+        installed = self.discovery.installed
+        for api, inf in self.optional.items():
+            if api in self._optional_tasks and not inf.synced.is_set():
+                self.queue.add_after(key, 0.5)   # its cache is filling: decide on what exists, not a guess
+                return "waiting"
         so_name, ir_name = C.scaled_object_name(name), C.interceptor_route_name(name)
-        live_so = self._owned(self.scaledobjects, kind, ns, so_name, name)
-        live_ir = self._owned(self.routes, kind, ns, ir_name, name)
+        live_so = self._owned(self.scaledobjects, kind, ns, so_name, name) if installed.has(KEDA) else None
+        live_ir = self._owned(self.routes, kind, ns, ir_name, name) if installed.has(HTTP_ADDON) else None
 
         reason = self.unmanaged_reason(obj, ns_obj)
         if reason:
@@ -395,12 +456,15 @@ class Controller:
         if llmaz_hpas and has_elastic:
             candidate, patch_ops, notes = convert_elastic_config(obj)
         try:
-            desired = desired_objects(candidate, policy, models)
+            desired = desired_objects(candidate, policy, models, installed)
         except Denied as d:
             await self.recorder.emit(key, obj, EVENT_REJECTED,
                                      d.message + (" (existing KEDA objects left unchanged)" if live_so else ""),
                                      "Warning")
             return "rejected"
+        if desired.missing:
+            return await self._degraded(key, obj, desired, live_so, live_ir)
+        self._set_degraded(key, False)
         if desired.scaled_object is None:
             return await self._unmanage(key, obj, live_so, live_ir, desired.analysis.skip_reason or "not managed")
         if foreign_hpas:
@@ -412,10 +476,79 @@ class Controller:
             return "conflict"
         if llmaz_hpas:
             obj = await self._replace_llmaz_hpa(key, obj, llmaz_hpas, patch_ops, notes)
-            desired = desired_objects(obj, policy, models)
+            desired = desired_objects(obj, policy, models, installed)
             if desired.scaled_object is None:
                 return "requeued"
-        return await self._manage(key, obj, desired, live_so, live_ir)
+        result = await self._manage(key, obj, desired, live_so, live_ir)
+        await self._report_keda_status(key, obj)
+        return result
+
+    # ------------------------------------------------------------------------------ never stranded at zero
+
+    def _set_degraded(self, key: Key, degraded: bool) -> None:
+        if degraded:
+            self.degraded.add(key)
+        else:
+            self.degraded.discard(key)
+        self.metrics.degraded_workloads.set(len(self.degraded))
+
+    async def _degraded(self, key: Key, obj: dict[str, Any], desired: Desired, live_so: dict[str, Any] | None,
+                        live_ir: dict[str, Any] | None) -> str:
+        """A managed workload needs an API the cluster does not serve (``webhook.prerequisites``): keep it
+        above zero, say what to install, and keep whatever part of autoscaling can still work."""
+        assert desired.degraded is not None
+        kind, ns, name = key
+        self._set_degraded(key, True)
+        await self.recorder.emit(key + ("prerequisite",), obj, EVENT_PREREQUISITE_MISSING,
+                                 "; ".join(desired.degraded.reasons), "Warning")
+        floor = desired.degraded.floor
+        if await self._lift_from_zero(key, obj, floor):
+            await self.recorder.emit(key, obj, EVENT_SCALED_FROM_ZERO,
+                                     f"replicas set from 0 to {floor}: nothing installed could wake this {kind} "
+                                     f"up again ({', '.join(desired.missing)} missing)", "Warning")
+        if desired.scaled_object is not None:
+            result = await self._manage(key, obj, desired, live_so, live_ir)
+            await self._report_keda_status(key, obj)
+            return "degraded-" + result
+        # Nothing left for KEDA to do: remove what of ours can no longer do its job (http-only workload
+        # without the add-on); with KEDA itself missing there is nothing to remove.
+        if live_ir is not None:
+            await self._delete(INTERCEPTORROUTES, self.routes, live_ir)
+        if live_so is not None:
+            await self._delete(SCALEDOBJECTS, self.scaledobjects, live_so)
+        self._set_managed(key, False)
+        return "degraded"
+
+    async def _lift_from_zero(self, key: Key, obj: dict[str, Any], floor: int) -> bool:
+        """Scale the workload to ``floor`` through ``/scale`` (as KEDA does) if it is at 0. True if it was."""
+        kind, ns, name = key
+        cached = workload_replicas(obj)
+        if cached is not None and cached > 0:
+            return False
+        res = WORKLOAD_RESOURCES[kind]
+        scale = await self.kube.request("GET", self.kube.path(res, ns, name, "scale"))
+        current = ((scale or {}).get("spec") or {}).get("replicas") or 0
+        if current > 0:
+            return False
+        await self.kube.patch(res, name, {"spec": {"replicas": floor}}, ns, subresource="scale")
+        self.write_count += 1
+        return True
+
+    # ------------------------------------------------------------------------------ KEDA's own view
+
+    async def _report_keda_status(self, key: Key, obj: dict[str, Any]) -> None:
+        """Turn KEDA's conditions on our ScaledObject into Events on the workload (``kedastatus.judge``)."""
+        kind, ns, name = key
+        so = self._owned(self.scaledobjects, kind, ns, C.scaled_object_name(name), name)
+        verdict = judge(so, _dt.datetime.now(_dt.timezone.utc), self.keda_ready_bound)
+        if verdict.recheck_in:
+            self.queue.add_after(key, verdict.recheck_in)
+        elif verdict.warning:
+            self._keda_warned.add(key)
+            await self.recorder.emit(key + ("keda",), obj, verdict.reason, verdict.message, "Warning")
+        elif verdict.reason == REASON_READY and key in self._keda_warned:
+            self._keda_warned.discard(key)
+            await self.recorder.emit(key + ("keda",), obj, verdict.reason, verdict.message)
 
     async def _manage(self, key: Key, obj: dict[str, Any], desired: Desired, live_so: dict[str, Any] | None,
                       live_ir: dict[str, Any] | None) -> str:
@@ -490,6 +623,7 @@ class Controller:
     async def _unmanage(self, key: Key, obj: dict[str, Any], live_so: dict[str, Any] | None,
                         live_ir: dict[str, Any] | None, reason: str) -> str:
         kind, ns, name = key
+        self._set_degraded(key, False)
         if live_so is None and live_ir is None:
             self._set_managed(key, False)
             return "unmanaged"
