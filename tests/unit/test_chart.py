@@ -164,6 +164,8 @@ EXPECTED_CLUSTER_RULES = {
     ("inference.llmaz.io", "services"): {"get", "list", "watch", "patch", "update"},
     ("inference.llmaz.io", "playgrounds/finalizers"): {"update"},
     ("inference.llmaz.io", "services/finalizers"): {"update"},
+    ("inference.llmaz.io", "playgrounds/scale"): {"get", "patch"},
+    ("inference.llmaz.io", "services/scale"): {"get", "patch"},
     ("llmaz.io", "openmodels"): {"get", "list", "watch"},
     ("keda.sh", "scaledobjects"): {"get", "list", "watch", "create", "update", "patch", "delete"},
     ("http.keda.sh", "interceptorroutes"): {"get", "list", "watch", "create", "update", "patch", "delete"},
