@@ -105,7 +105,11 @@ class Harness:
         await self.kube.close()
 
     def denied(self) -> list[str]:
-        return list(getattr(self.ctl_kube, "denied", []))
+        """Refusals by RBAC. While a CRD is being deleted the API server answers 403 "create not allowed while
+        custom resource definition is terminating" to every write of its kind, whoever asks; discovery still
+        lists the API then, so the reconciler may try (and retry with backoff) until discovery sees it gone."""
+        return [d for d in getattr(self.ctl_kube, "denied", [])
+                if "custom resource definition is terminating" not in d]
 
     async def replicas(self, ns: str, name: str) -> int:
         scale = await self.kube.request("GET", self.kube.path(PLAYGROUNDS, ns, name, "scale"))
