@@ -105,3 +105,18 @@ def test_cli_bad_trace_and_missing_plot_library(tmp_path, capsys, monkeypatch):
     assert "pip install 'llmaz-serverless[plot]'" in capsys.readouterr().err
     assert main(["recommend", "--trace", str(good), "-f", EXAMPLE, "--objective", "fast"]) == 2
     assert "objective 'fast' not understood" in capsys.readouterr().err
+
+
+def test_cli_simulate_until_counts_the_scale_in_after_the_last_request(tmp_path, capsys):
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp\n0\n1\n2000\n")
+    out = tmp_path / "r.json"
+    assert main(["simulate", "--trace", str(trace), "-f", EXAMPLE, "--model-load", "30s", "--service-time", "5",
+                 "--until", "4000s", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    # GPU defaults: cooldown 600 s, polling 15 s. Served until 57.25 s; lastActiveTime is stored in whole
+    # seconds (57), so the first poll strictly after 657 s is at 660 s. Likewise 2057.25 -> 2657 -> 2670.
+    assert doc["scale_events"] == [{"t": 0.25, "replicas": 1}, {"t": 660.0, "replicas": 0},
+                                   {"t": 2000.25, "replicas": 1}, {"t": 2670.0, "replicas": 0}]
+    assert main(["simulate", "--trace", str(trace), "-f", EXAMPLE, "--until", "soon"]) == 2
+    assert "--until 'soon' is not a duration" in capsys.readouterr().err

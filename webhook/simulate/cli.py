@@ -70,12 +70,14 @@ def run_simulate(args: argparse.Namespace) -> int:
     settings = resolve(obj, {}, policy, models)
     totals: dict[str, Result] = {}
     timelines: dict[str, list[tuple[float, int]]] = {}
-    keep = bool(args.plot) and len(traces) == 1
+    keep = len(traces) == 1
+    until = _seconds(args.until, "--until") if args.until else 0.0
     for tr in traces:
-        ours = from_settings(settings, policy, tr.horizon, tr.origin)
+        horizon = max(tr.horizon, until)
+        ours = from_settings(settings, policy, horizon, tr.origin)
         configs = {"llmaz-serverless": ours, **{f"baseline {k}": v for k, v in baselines(obj, ours).items()}}
         for name, cfg in configs.items():
-            r = simulate(tr.arrivals, cfg, timing, tr.horizon, keep_timeline=keep)
+            r = simulate(tr.arrivals, cfg, timing, horizon, keep_timeline=keep)
             totals[name] = totals[name].merge(r) if name in totals else r
             if keep:
                 timelines[name] = r.timeline
@@ -88,6 +90,8 @@ def run_simulate(args: argparse.Namespace) -> int:
         doc = {"trace": args.trace, "workloads": len(traces), "model_load_s": timing.model_load_s,
                "pod_start_s": timing.startup_s, "settings": json.loads(settings.as_annotation()),
                "results": {k: report.figures(v) for k, v in totals.items()}}
+        if keep:   # one workload: when each replica change happens, in seconds from the trace start
+            doc["scale_events"] = [{"t": round(t, 3), "replicas": n} for t, n in timelines["llmaz-serverless"]]
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump(doc, fh, indent=2)
     if args.plot:
@@ -150,6 +154,8 @@ def register(sub: Any) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p)
     p.add_argument("--plot", help="draw replicas over time to this PNG (needs llmaz-serverless[plot])")
+    p.add_argument("--until", help="replay until this long after the trace start, e.g. 1h (default: the last "
+                   "request + 1 s), so the scale-in after the last request is counted")
     p.set_defaults(func=_guard(run_simulate))
     r = sub.add_parser("recommend", help="the cheapest scaling annotations meeting a latency objective",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
