@@ -33,6 +33,7 @@ Design decisions (see also ``_apiserver_args`` / ``_controller_manager_args``):
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime as _dt
 import http.client
 import ipaddress
@@ -46,7 +47,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import yaml
 from cryptography import x509
@@ -165,6 +166,18 @@ def crd_paths(projects: Sequence[str] = ("llmaz", "lws", "keda", "http-add-on"))
             f"upstream CRDs not found for {', '.join(missing)} under {root}.\n" + HOW_TO_PROVIDE
         )
     return paths
+
+
+@contextlib.contextmanager
+def partial_control_plane(workdir: Path, projects: Sequence[str]) -> Iterator["ControlPlane"]:
+    """A control plane (no controller manager) with only some projects' CRDs, as a cluster that lacks the
+    others; stopped on exit. For module-scoped fixtures of tests about missing prerequisites."""
+    cp = ControlPlane(workdir, with_controller_manager=False, crds=crd_paths(projects))
+    cp.start()
+    try:
+        yield cp
+    finally:
+        cp.stop()
 
 
 def free_port() -> int:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.controlplane import ControlPlane, crd_paths
+from tests.integration.controlplane import ControlPlane, crd_paths, partial_control_plane
 from webhook import cli
 from webhook import constants as C
 from webhook.check.gather import CORE_SERVICES, ENDPOINTSLICES, MWC, VWC
@@ -43,13 +43,8 @@ def run_check(capsys: Any, *args: str) -> tuple[int, dict[str, Any], str]:
 
 @pytest.fixture(scope="module")
 def broken_plane(tmp_path_factory: pytest.TempPathFactory):
-    cp = ControlPlane(tmp_path_factory.mktemp("broken"), with_controller_manager=False,
-                      crds=crd_paths(("llmaz", "lws")))
-    cp.start()
-    try:
+    with partial_control_plane(tmp_path_factory.mktemp("broken"), ("llmaz", "lws")) as cp:
         yield cp
-    finally:
-        cp.stop()
 
 
 def test_broken_control_plane_names_each_missing_thing(broken_plane: ControlPlane, capsys: Any) -> None:

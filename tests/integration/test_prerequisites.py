@@ -22,7 +22,7 @@ from webhook.controller.metrics import reconciler_metrics
 from webhook.controller.reconciler import Controller, run_controller
 from webhook.kube import INTERCEPTORROUTES, NAMESPACES, PLAYGROUNDS, SCALEDOBJECTS, Kube, KubeConfig
 
-from .controlplane import ControlPlane, crd_paths
+from .controlplane import ControlPlane, crd_paths, partial_control_plane
 from .test_deploy import SA_GROUPS, SA_USER, RecordingKube, manifest_docs
 from .test_reconciler import _uid, events_for, get_or_none, playground, wait_for
 
@@ -33,13 +33,8 @@ DISCOVERY = 0.3
 
 @pytest.fixture(scope="module")
 def plane_without_keda(tmp_path_factory: pytest.TempPathFactory):
-    cp = ControlPlane(tmp_path_factory.mktemp("nokeda"), with_controller_manager=False,
-                      crds=crd_paths(("llmaz", "lws")))
-    cp.start()
-    try:
+    with partial_control_plane(tmp_path_factory.mktemp("nokeda"), ("llmaz", "lws")) as cp:
         yield cp
-    finally:
-        cp.stop()
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +43,7 @@ def plane_without_http_addon(tmp_path_factory: pytest.TempPathFactory):
     reconciler here runs with exactly the permissions the chart grants (degraded mode writes ``/scale``)."""
     from kubernetes import client
 
-    cp = ControlPlane(tmp_path_factory.mktemp("nohttp"), with_controller_manager=False,
-                      crds=crd_paths(("llmaz", "lws", "keda")))
-    cp.start()
-    try:
+    with partial_control_plane(tmp_path_factory.mktemp("nohttp"), ("llmaz", "lws", "keda")) as cp:
         api = cp.api_client()
         rbac = client.RbacAuthorizationV1Api(api)
         for doc in manifest_docs():
@@ -61,8 +53,6 @@ def plane_without_http_addon(tmp_path_factory: pytest.TempPathFactory):
                 rbac.create_cluster_role_binding(doc)
         api.close()
         yield cp
-    finally:
-        cp.stop()
 
 
 class Harness:
