@@ -88,7 +88,9 @@ def test_simulated_scale_events_match_the_live_ones(stack: LiveStack, tmp_path: 
         remaining = t0 + UNTIL - time.monotonic()
         if remaining > 0:
             time.sleep(remaining)
-        live = [(round(t - t0, 3), n) for t, n in tl.history if t > t0]
+        history = list(tl.history)
+    assert history[0][1] == 0, history        # at zero when the scenario started
+    live = [(round(t - t0, 3), n) for t, n in history[1:]]
     assert client.CustomObjectsApi(api).get_namespaced_custom_object(
         "inference.llmaz.io", "v1alpha1", ns, "playgrounds", name)["spec"]["replicas"] == 0
 
