@@ -65,6 +65,13 @@ def test_azure_functions_and_servegen(tmp_path):
     (tr,) = load(str(sg), seed=3, service=SVC)
     per_window = sum(n for t, n, _ in tr.arrivals if t < 600)
     assert 4000 < per_window < 8000 and tr.horizon == 1200     # 10 req/s for 600 s, in groups
+    # one workload per client: the model's traffic split back, same seed, same arrivals per client
+    (sg / "chunk-2-trace.csv").write_text("0,0,0,,0,0\n")   # never sent anything: left out
+    clients = load(str(sg), fmt="servegen-clients", seed=3, service=SVC)
+    assert [c.name for c in clients] == ["chunk-0-trace.csv", "chunk-1-trace.csv"]
+    assert sum(c.requests for c in clients) == tr.requests
+    assert clients[0].horizon == 1200 and clients[1].horizon == 600
+    assert all(600 <= t < 1200 for t, _, _ in clients[0].arrivals)
     assert load(str(sg), seed=3, service=SVC)[0].arrivals == tr.arrivals
 
 

@@ -23,7 +23,7 @@ from typing import Iterable
 from .model import Batch
 
 FORMATS = ("auto", "timestamps-csv", "jsonl", "counts-csv", "rates-csv", "azure-functions", "servegen",
-           "azure-llm")
+           "servegen-clients", "azure-llm")
 SERVEGEN_WINDOW_S = 600.0
 
 
@@ -315,6 +315,52 @@ def _gamma_shape_scale(dist: str, p1: float, cv: float, mean: float) -> tuple[fl
     return shape, mean / shape
 
 
+def _servegen_files(path: str) -> list[str]:
+    files = sorted((f for f in os.listdir(path) if re.fullmatch(r"chunk-\d+-trace\.csv", f)),
+                   key=lambda f: int(re.findall(r"\d+", f)[0])) if os.path.isdir(path) else []
+    if not files:
+        raise TraceError(path, None, "no chunk-N-trace.csv files", "pass a ServeGen model directory, e.g. "
+                         "servegen/language/m-mid")
+    return [os.path.join(path, f) for f in files]
+
+
+def _servegen_client(fp: str, seed: int, bins: dict[int, int], resolution_s: float, exact_per_window: int) -> float:
+    """Add one client's arrivals to ``bins`` (count per ``resolution_s``); returns the end of its last window."""
+    rng = random.Random(f"{seed}:{os.path.basename(fp)}")
+    end = 0.0
+    with open(fp, newline="", encoding="utf-8") as fh:
+        for lineno, row in enumerate(csv.reader(fh), start=1):
+            if not row:
+                continue
+            try:
+                start, rate, cv = float(row[0]), float(row[1]), float(row[2] or 0)
+                dist, p1 = row[3], float(row[4] or 0)
+            except (IndexError, ValueError):
+                raise TraceError(fp, lineno, f"cannot read {row!r}", "ServeGen rows are window_start_s, "
+                                 "rate, iat_cv, iat_distribution, param1, param2") from None
+            stop = start + SERVEGEN_WINDOW_S
+            end = max(end, stop)
+            if rate <= 0:
+                continue
+            expected = rate * SERVEGEN_WINDOW_S
+            k = max(1, math.ceil(expected / exact_per_window))
+            shape, scale = _gamma_shape_scale(dist, p1, cv, 1.0 / rate)
+            weibull = dist == "Weibull" and p1 > 0 and k == 1
+            wscale = (1.0 / rate) / math.gamma(1 + 1 / p1) if weibull else 0.0
+            t = start
+            while True:
+                t += rng.weibullvariate(wscale, p1) if weibull else rng.gammavariate(shape * k, scale)
+                if t >= stop:
+                    break
+                b = int(t / resolution_s)
+                bins[b] = bins.get(b, 0) + k
+    return end
+
+
+def _binned(bins: dict[int, int], resolution_s: float, service: ServiceModel) -> list[Batch]:
+    return [(b * resolution_s, n, service.default_s) for b, n in sorted(bins.items())]
+
+
 def read_servegen(path: str, seed: int, service: ServiceModel, resolution_s: float = 1.0,
                   exact_per_window: int = 60) -> Trace:
     """ServeGen: a model directory of per-client ``chunk-N-trace.csv`` files; the model's traffic is the sum
@@ -325,43 +371,28 @@ def read_servegen(path: str, seed: int, service: ServiceModel, resolution_s: flo
     Windows with more than ``exact_per_window`` expected requests are generated in groups (the sum of k Gamma
     gaps is a Gamma gap of k times the shape), which keeps a 14-day, 2-billion-request model tractable.
     """
-    files = sorted(f for f in os.listdir(path) if re.fullmatch(r"chunk-\d+-trace\.csv", f)) if os.path.isdir(path) else []
-    if not files:
-        raise TraceError(path, None, "no chunk-N-trace.csv files", "pass a ServeGen model directory, e.g. "
-                         "servegen/language/m-mid")
     bins: dict[int, int] = {}
     end = 0.0
-    for f in files:
-        fp = os.path.join(path, f)
-        rng = random.Random(f"{seed}:{f}")
-        with open(fp, newline="", encoding="utf-8") as fh:
-            for lineno, row in enumerate(csv.reader(fh), start=1):
-                if not row:
-                    continue
-                try:
-                    start, rate, cv = float(row[0]), float(row[1]), float(row[2] or 0)
-                    dist, p1 = row[3], float(row[4] or 0)
-                except (IndexError, ValueError):
-                    raise TraceError(fp, lineno, f"cannot read {row!r}", "ServeGen rows are window_start_s, "
-                                     "rate, iat_cv, iat_distribution, param1, param2") from None
-                stop = start + SERVEGEN_WINDOW_S
-                end = max(end, stop)
-                if rate <= 0:
-                    continue
-                expected = rate * SERVEGEN_WINDOW_S
-                k = max(1, math.ceil(expected / exact_per_window))
-                shape, scale = _gamma_shape_scale(dist, p1, cv, 1.0 / rate)
-                weibull = dist == "Weibull" and p1 > 0 and k == 1
-                wscale = (1.0 / rate) / math.gamma(1 + 1 / p1) if weibull else 0.0
-                t = start
-                while True:
-                    t += rng.weibullvariate(wscale, p1) if weibull else rng.gammavariate(shape * k, scale)
-                    if t >= stop:
-                        break
-                    b = int(t / resolution_s)
-                    bins[b] = bins.get(b, 0) + k
-    arrivals = [(b * resolution_s, n, service.default_s) for b, n in sorted(bins.items())]
-    return _empty(path, Trace(os.path.basename(path.rstrip("/")), arrivals, end, None, "ServeGen (Alibaba Bailian)"))
+    for fp in _servegen_files(path):
+        end = max(end, _servegen_client(fp, seed, bins, resolution_s, exact_per_window))
+    return _empty(path, Trace(os.path.basename(path.rstrip("/")), _binned(bins, resolution_s, service), end, None,
+                              "ServeGen (Alibaba Bailian)"))
+
+
+def read_servegen_clients(path: str, seed: int, service: ServiceModel, limit: int | None = None,
+                          resolution_s: float = 1.0, exact_per_window: int = 60) -> list[Trace]:
+    """ServeGen as a fleet: each API client of a model directory is one workload (a tenant's own deployment),
+    with the arrivals ``read_servegen`` generates for it. Clients that never sent anything are left out."""
+    traces = []
+    for fp in _servegen_files(path)[:limit]:
+        bins: dict[int, int] = {}
+        end = _servegen_client(fp, seed, bins, resolution_s, exact_per_window)
+        if bins:
+            traces.append(Trace(os.path.basename(fp), _binned(bins, resolution_s, service), end, None,
+                                "ServeGen (Alibaba Bailian), one client per workload"))
+    if not traces:
+        raise TraceError(path, None, "no client sent any request", "pass a ServeGen model directory with traffic")
+    return traces
 
 
 def read_azure_llm(path: str, service: ServiceModel) -> Trace:
@@ -409,6 +440,8 @@ def load(path: str, fmt: str = "auto", seed: int = 1, service: ServiceModel = Se
             return read_azure_functions(path, seed, limit)
         if fmt == "servegen":
             return [read_servegen(path, seed, service)]
+        if fmt == "servegen-clients":
+            return read_servegen_clients(path, seed, service, limit)
         if fmt == "azure-llm":
             return [read_azure_llm(path, service)]
         if fmt == "timestamps-csv":
