@@ -403,12 +403,17 @@ class Controller:
 
     # ------------------------------------------------------------------------------ reconcile
 
-    def _set_managed(self, key: Key, managed: bool) -> None:
-        if managed:
-            self.managed.add(key)
+    @staticmethod
+    def _track(keys: set[Key], gauge: Any, key: Key, member: bool) -> None:
+        """Add or remove ``key`` from a set of workloads whose size a gauge shows."""
+        if member:
+            keys.add(key)
         else:
-            self.managed.discard(key)
-        self.metrics.managed_workloads.set(len(self.managed))
+            keys.discard(key)
+        gauge.set(len(keys))
+
+    def _set_managed(self, key: Key, managed: bool) -> None:
+        self._track(self.managed, self.metrics.managed_workloads, key, managed)
 
     def _owned(self, inf: Informer, kind: str, ns: str, obj_name: str, name: str) -> dict[str, Any] | None:
         live = inf.get(ns, obj_name)
@@ -486,11 +491,7 @@ class Controller:
     # ------------------------------------------------------------------------------ never stranded at zero
 
     def _set_degraded(self, key: Key, degraded: bool) -> None:
-        if degraded:
-            self.degraded.add(key)
-        else:
-            self.degraded.discard(key)
-        self.metrics.degraded_workloads.set(len(self.degraded))
+        self._track(self.degraded, self.metrics.degraded_workloads, key, degraded)
 
     async def _degraded(self, key: Key, obj: dict[str, Any], desired: Desired, live_so: dict[str, Any] | None,
                         live_ir: dict[str, Any] | None) -> str:
