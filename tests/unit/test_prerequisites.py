@@ -149,6 +149,12 @@ def test_not_ready_carries_kedas_message():
     assert "ScaledObjectCheckFailed: error connecting to scaler" in v.message
 
 
+def test_kedas_partial_trigger_error_is_not_mistaken_for_no_operator():
+    v = judge(so(120, [("Ready", "Unknown", "PartialTriggerError", "Some triggers defined in ScaledObject are "
+                                                                   "not working correctly")]), NOW, bound=60)
+    assert v.reason == REASON_NOT_READY and v.warning and "partly working (PartialTriggerError" in v.message
+
+
 def test_fallback_is_a_warning_and_ready_is_not():
     v = judge(so(5, [("Ready", "True", "", ""), ("Fallback", "True", "FallbackExists", "using fallback")]), NOW)
     assert v.reason == REASON_FALLBACK and v.warning and "using fallback" in v.message

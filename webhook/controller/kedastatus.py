@@ -6,8 +6,12 @@ workload just never wakes up. KEDA's operator writes ``status.conditions`` (``Re
 cannot reach the API server), and ``Ready=False`` carries KEDA's own reason (a scaler that cannot connect,
 a target without ``/scale``, ...). ``judge`` is pure; the reconciler turns its verdicts into Events.
 
-A ScaledObject is created with no conditions; KEDA then sets ``Ready`` (Unknown at first). So "not
-reconciled" is: no ``Ready`` condition, or ``Ready=Unknown``, ``bound`` seconds after the object was created.
+A ScaledObject is created with no conditions; KEDA then sets ``Ready`` (Unknown, without a reason, at first:
+``GetInitializedConditions`` in kedacore/keda ``apis/keda/v1alpha1/condition_types.go``). So "not reconciled"
+is: no ``Ready`` condition, or a reason-less ``Ready=Unknown``, ``bound`` seconds after creation. KEDA's
+executor (``pkg/scaling/executor/scale_scaledobjects.go``) writes ``Ready=False`` ``TriggerError`` when no
+trigger is active and one fails, and ``Ready=Unknown`` ``PartialTriggerError`` when some are active and others
+fail.
 """
 
 from __future__ import annotations
@@ -62,6 +66,11 @@ def judge(so: dict[str, Any] | None, now: _dt.datetime, bound: float = DEFAULT_B
     name = (so.get("metadata") or {}).get("name", "")
     conds = conditions(so)
     ready = conds.get("Ready")
+    if ready is not None and ready.get("status") == "Unknown" and ready.get("reason"):
+        # KEDA's own "Unknown" (e.g. PartialTriggerError: some triggers active, others failing), not the
+        # reason-less Unknown a ScaledObject is initialised with.
+        return Verdict(REASON_NOT_READY, f"KEDA reports ScaledObject {name} partly working ({_text(ready)}); fix "
+                                         "the failing trigger", warning=True)
     if ready is None or ready.get("status") not in ("True", "False"):
         created = _created(so)
         age = (now - created).total_seconds() if created else bound
