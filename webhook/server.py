@@ -515,14 +515,17 @@ async def start_background(app_state: AppState) -> None:
       certificate (hot-reloaded by ``app_state.tls``) and the caBundle; readiness waits for it.
     - informers (every replica, also with ``--no-reconcile``): the policy ConfigMap feeds ``brain.policy``
       (readiness waits for its first read) and OpenModels feed ``brain.models``, so admission never calls
-      the API server.
+      the API server; API discovery feeds ``brain.installed`` (readiness waits for its first round).
     - reconcile workers (unless ``--no-reconcile``), gated by the Lease with ``--leader-election``.
 
     Nothing here runs in the ``--cert-mode files --policy-file ... --no-reconcile`` set-up.
     Raising ``ConfigError`` stops the server with exit code 2.
     """
     args = app_state.args
-    wants_cluster = bool(args.policy_configmap) or args.cert_mode == "self-managed" or not args.no_reconcile
+    # A kubeconfig given explicitly also means: keep admission's caches (OpenModels, installed APIs) in step
+    # with that cluster, even when serving admission only.
+    wants_cluster = (bool(args.policy_configmap) or args.cert_mode == "self-managed" or not args.no_reconcile
+                     or bool(args.kubeconfig))
     if not wants_cluster:
         return
     service_namespace = (args.policy_configmap.split("/")[0] if args.policy_configmap
@@ -543,6 +546,10 @@ async def start_background(app_state: AppState) -> None:
     controller = Controller(kube, app_state.brain, namespace=service_namespace, policy_configmap=policy_name,
                             identity=None, resync=args.resync, discovery_interval=args.discovery_interval,
                             keda_ready_bound=args.keda_ready_timeout)
+    # Admission must not decide "start at zero" on a guess: readiness waits for the first discovery round
+    # (answered or not), one GET per optional API.
+    app_state.health.add_check("discovery", controller.discovery.first_round.is_set,
+                               "installed APIs (KEDA, HTTP add-on) not discovered yet")
     if controller.policy_informer is not None:
         async def mark_policy_read() -> None:
             # Readiness waits for the first read of the policy ConfigMap (or its absence).

@@ -141,6 +141,40 @@ def gauge(name: str) -> float:
     return reconciler_metrics().prerequisite_ok.labels(name)._value.get()
 
 
+def test_webhook_does_not_store_at_zero_without_keda(plane_without_keda, tmp_path):
+    """The shipped webhook (admission only, discovery through --kubeconfig) on a cluster without KEDA: a GPU
+    Playground is stored with 1 replica, not 0, and the client is told why. Runs before the test below, which
+    installs KEDA's CRDs on this module's control plane."""
+    from kubernetes import client
+
+    from .test_webhook_admission import (GROUP, VERSION, apply_configurations, delete_configurations,
+                                         gpu_playground, wait_until_webhook_active)
+    from .webhook_harness import WebhookProcess, loopback_configurations
+
+    api = plane_without_keda.api_client()
+    proc = WebhookProcess(tmp_path / "webhook", extra_args=(
+        "--kubeconfig", str(plane_without_keda.kubeconfig), "--discovery-interval", str(DISCOVERY)))
+    proc.start()
+    try:
+        apply_configurations(api, loopback_configurations(proc.port, proc.ca_pem))
+        ns = f"adm-{_uid()}"
+        client.CoreV1Api(api).create_namespace({"metadata": {"name": ns, "labels": {C.NAMESPACE_LABEL: "true"}}})
+        wait_until_webhook_active(api, ns)
+        obj = gpu_playground("chat")
+        del obj["spec"]["replicas"]
+        custom = client.CustomObjectsApi(api)
+        stored, status, headers = custom.create_namespaced_custom_object_with_http_info(
+            GROUP, VERSION, ns, "playgrounds", obj)
+        assert status == 201
+        assert stored["spec"]["replicas"] == 1, "without KEDA nothing could wake it from 0"
+        assert "KEDA is not installed" in headers.get("Warning", "") and "install KEDA" in headers["Warning"]
+        custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "playgrounds", "chat")
+    finally:
+        delete_configurations(api)
+        proc.stop()
+        api.close()
+
+
 async def test_without_keda_nothing_is_stranded_and_keda_installed_later_is_attached(
         plane_without_keda, harness_factory, capsys):
     h = harness_factory(plane_without_keda)
@@ -159,7 +193,7 @@ async def test_without_keda_nothing_is_stranded_and_keda_installed_later_is_atta
                            what=f"PrerequisiteMissing on {name}")
         assert e["type"] == "Warning" and "install KEDA" in e["message"]
         assert await wait_for(lambda: h.event(ns, name, "ScaledUpFromZero"), 10, what="ScaledUpFromZero")
-    assert ctl.degraded == {("Playground", ns, "chat"), ("Playground", ns, "batch")}
+    assert {k for k in ctl.degraded if k[1] == ns} == {("Playground", ns, "chat"), ("Playground", ns, "batch")}
 
     # KEDA's CRDs appear: the queue workload is attached without a restart; the http one still needs the add-on.
     installed_at = await h.install("keda")
@@ -171,7 +205,7 @@ async def test_without_keda_nothing_is_stranded_and_keda_installed_later_is_atta
     assert await wait_for(lambda: h.event(ns, "chat", "PrerequisiteMissing", "KEDA HTTP add-on is not installed"),
                           10, what="chat now waits for the HTTP add-on")
     assert await get_or_none(h.kube, SCALEDOBJECTS, "chat", ns) is None
-    assert ctl.degraded == {("Playground", ns, "chat")}
+    assert {k for k in ctl.degraded if k[1] == ns} == {("Playground", ns, "chat")}
     with capsys.disabled():
         print(f"\n[prerequisites] KEDA CRDs installed -> ScaledObject of a waiting workload: {picked_up:.2f}s "
               f"(discovery every {DISCOVERY}s)")

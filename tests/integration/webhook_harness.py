@@ -56,8 +56,9 @@ def loopback_configurations(port: int, ca_pem: bytes, failure_policy: str | None
 class WebhookProcess:
     """``llmaz-serverless serve`` on loopback with a test CA, admission only (no reconciler)."""
 
-    def __init__(self, workdir: Path, policy_file: Path | None = None) -> None:
+    def __init__(self, workdir: Path, policy_file: Path | None = None, extra_args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
+        self.extra_args = tuple(extra_args)
         workdir.mkdir(parents=True, exist_ok=True)
         ca = generate_ca("llmaz-serverless test CA", timedelta(days=2))
         leaf = issue_serving_cert(ca, ["localhost"], ["127.0.0.1"], timedelta(days=1))
@@ -78,6 +79,7 @@ class WebhookProcess:
                 "--log-level", "info"]
         if self.policy_file:
             args += ["--policy-file", str(self.policy_file)]
+        args += list(self.extra_args)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
