@@ -18,7 +18,7 @@ import os
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 from .model import Batch
 
@@ -222,41 +222,51 @@ def _numeric_rows(path: str, need: tuple[str, ...], optional: tuple[str, ...]) -
         return out
 
 
-def read_counts_csv(path: str, service: ServiceModel, seed: int, interval_s: float = 60.0) -> Trace:
-    """``start,count`` rows (start in seconds, optional ``duration``): requests spread uniformly, seeded."""
-    rows = _numeric_rows(path, ("start", "count"), ("duration",))
+def _per_window(path: str, service: ServiceModel, seed: int, column: str, default_width: float, source: str,
+                check: Callable[[float], tuple[str, str] | None],
+                times: Callable[[random.Random, float, float, float], Iterable[float]]) -> Trace:
+    """``start,<column>`` rows with an optional ``duration``: ``times`` draws each window's arrivals, seeded by
+    the file name so a trace replays the same way every time."""
+    rows = _numeric_rows(path, ("start", column), ("duration",))
     rng = random.Random(f"{seed}:{os.path.basename(path)}")
     arrivals: list[Batch] = []
     end = 0.0
     for lineno, r in rows:
-        if r["count"] < 0 or r["count"] != int(r["count"]):
-            raise TraceError(path, lineno, f"count {r['count']} is not a whole number >= 0", "write counts")
-        width = r.get("duration", interval_s)
-        arrivals.extend((r["start"] + rng.random() * width, 1, service.default_s) for _ in range(int(r["count"])))
+        problem = check(r[column])
+        if problem:
+            raise TraceError(path, lineno, *problem)
+        width = r.get("duration", default_width)
+        arrivals.extend((t, 1, service.default_s) for t in times(rng, r["start"], width, r[column]))
         end = max(end, r["start"] + width)
     arrivals.sort()
-    return _empty(path, Trace(os.path.basename(path), arrivals, end, None, "per-interval counts"))
+    return _empty(path, Trace(os.path.basename(path), arrivals, end, None, source))
+
+
+def read_counts_csv(path: str, service: ServiceModel, seed: int, interval_s: float = 60.0) -> Trace:
+    """``start,count`` rows (start in seconds, optional ``duration``): requests spread uniformly, seeded."""
+    def check(n: float) -> tuple[str, str] | None:
+        return (f"count {n} is not a whole number >= 0", "write counts") if n < 0 or n != int(n) else None
+
+    def uniform(rng: random.Random, start: float, width: float, n: float) -> list[float]:
+        return [start + rng.random() * width for _ in range(int(n))]
+
+    return _per_window(path, service, seed, "count", interval_s, "per-interval counts", check, uniform)
 
 
 def read_rates_csv(path: str, service: ServiceModel, seed: int, window_s: float = 600.0) -> Trace:
     """``start,rate`` rows (requests/s, optional ``duration``): Poisson arrivals inside each window, seeded."""
-    rows = _numeric_rows(path, ("start", "rate"), ("duration",))
-    rng = random.Random(f"{seed}:{os.path.basename(path)}")
-    arrivals: list[Batch] = []
-    end = 0.0
-    for lineno, r in rows:
-        if r["rate"] < 0:
-            raise TraceError(path, lineno, f"rate {r['rate']} is negative", "write requests per second >= 0")
-        width = r.get("duration", window_s)
-        stop = r["start"] + width
-        if r["rate"] > 0:
-            t = r["start"] + rng.expovariate(r["rate"])
-            while t < stop:
-                arrivals.append((t, 1, service.default_s))
-                t += rng.expovariate(r["rate"])
-        end = max(end, stop)
-    arrivals.sort()
-    return _empty(path, Trace(os.path.basename(path), arrivals, end, None, "per-window rates (Poisson)"))
+    def check(rate: float) -> tuple[str, str] | None:
+        return (f"rate {rate} is negative", "write requests per second >= 0") if rate < 0 else None
+
+    def poisson(rng: random.Random, start: float, width: float, rate: float) -> Iterator[float]:
+        if rate <= 0:
+            return
+        t = start + rng.expovariate(rate)
+        while t < start + width:
+            yield t
+            t += rng.expovariate(rate)
+
+    return _per_window(path, service, seed, "rate", window_s, "per-window rates (Poisson)", check, poisson)
 
 
 # ------------------------------------------------------------------------------------------ public traces
