@@ -72,6 +72,8 @@ def test_azure_functions_and_servegen(tmp_path):
     assert sum(c.requests for c in clients) == tr.requests
     assert clients[0].horizon == 1200 and clients[1].horizon == 600
     assert all(600 <= t < 1200 for t, _, _ in clients[0].arrivals)
+    (one,) = load(str(sg / "chunk-0-trace.csv"), seed=3, service=SVC)   # one client's file, format detected
+    assert one.arrivals == clients[0].arrivals
     assert load(str(sg), seed=3, service=SVC)[0].arrivals == tr.arrivals
 
 

@@ -326,11 +326,13 @@ def _gamma_shape_scale(dist: str, p1: float, cv: float, mean: float) -> tuple[fl
 
 
 def _servegen_files(path: str) -> list[str]:
+    if os.path.isfile(path) and re.fullmatch(r"chunk-\d+-trace\.csv", os.path.basename(path)):
+        return [path]   # one client's file: that client alone
     files = sorted((f for f in os.listdir(path) if re.fullmatch(r"chunk-\d+-trace\.csv", f)),
                    key=lambda f: int(re.findall(r"\d+", f)[0])) if os.path.isdir(path) else []
     if not files:
         raise TraceError(path, None, "no chunk-N-trace.csv files", "pass a ServeGen model directory, e.g. "
-                         "servegen/language/m-mid")
+                         "servegen/language/m-mid, or one client's chunk-N-trace.csv")
     return [os.path.join(path, f) for f in files]
 
 
@@ -419,6 +421,8 @@ def detect_format(path: str) -> str:
             return "azure-functions"
         raise TraceError(path, None, "a directory that is neither a ServeGen model nor the Azure Functions trace",
                          "pass a file, or --format")
+    if re.fullmatch(r"chunk-\d+-trace\.csv", os.path.basename(path)):
+        return "servegen"
     if path.endswith((".jsonl", ".ndjson")):
         return "jsonl"
     with open(path, encoding="utf-8") as fh:
