@@ -6,6 +6,8 @@ Subcommands are registered by the module that owns them, so the CLI stays a thin
 - ``serve``    (webhook.server)   run the admission webhook (and the reconciler)
 - ``check``    (webhook.check)    preflight: is the cluster ready, is every managed workload safe
 - ``certs``    (certs.cli)        create development certificates
+- ``simulate``, ``recommend`` (webhook.simulate.cli)  replay a trace offline; the cheapest settings for an
+  objective
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ SUBCOMMANDS = (
     ("serve", "webhook.server"),
     ("check", "webhook.check"),
     ("certs", "certs.cli"),
-    ("simulate", "webhook.simulate.cli"),
-    ("recommend", "webhook.simulate.cli"),
+    ("simulate, recommend", "webhook.simulate.cli"),   # one module, two subcommands
 )
 
 

@@ -235,6 +235,23 @@ def rfc3339(when: _dt.datetime | None = None) -> str:
     return when.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_time(text: Any) -> _dt.datetime | None:
+    """A Kubernetes Time or MicroTime as written by the API server; None when absent or malformed."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def conditions(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """``status.conditions`` of any object, by type (malformed entries left out)."""
+    status = (obj or {}).get("status")
+    items = status.get("conditions") if isinstance(status, dict) else None
+    return {c["type"]: c for c in items or [] if isinstance(c, dict) and isinstance(c.get("type"), str)}
+
+
 class Kube:
     """The client. Create inside a running event loop or not; the HTTP session is made on first use."""
 

@@ -106,7 +106,8 @@ def convert_elastic_config(obj: dict[str, Any], warnings: list[str]) -> list[str
     return written
 
 
-def _replicas(obj: dict[str, Any]) -> int | None:
+def spec_replicas(obj: dict[str, Any]) -> int | None:
+    """``spec.replicas`` when it is an integer, else None (absent, or a shape the API server would refuse)."""
     spec = obj.get("spec")
     value = spec.get("replicas") if isinstance(spec, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -178,7 +179,7 @@ def mutate(raw: dict[str, Any], old: dict[str, Any] | None, operation: str, poli
     spec = obj.get("spec")
     if not isinstance(spec, dict):   # absent or null
         spec = obj["spec"] = {}
-    live = _replicas(old) if operation == "UPDATE" and old is not None else None
+    live = spec_replicas(old) if operation == "UPDATE" and old is not None else None
     if live is not None:
         # Never left at zero by an edit while nothing could wake it up again.
         spec["replicas"] = max(live, degraded.floor) if degraded.missing else live
@@ -186,7 +187,7 @@ def mutate(raw: dict[str, Any], old: dict[str, Any] | None, operation: str, poli
         if s.start_at_zero:
             spec["replicas"] = 0
         else:
-            current = _replicas(obj)
+            current = spec_replicas(obj)
             floor = max(s.min_replicas, 1)
             spec["replicas"] = floor if current is None else min(max(current, floor), s.max_replicas)
     warnings.extend(an.warnings)

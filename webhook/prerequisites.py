@@ -64,13 +64,16 @@ class Installed:
     http_addon: bool | None = None
 
     def known(self, name: str) -> bool | None:
-        return self.keda if name == KEDA else self.http_addon
+        return getattr(self, _FIELDS[name])
 
     def has(self, name: str) -> bool:
         return self.known(name) is not False
 
     def with_(self, name: str, present: bool | None) -> "Installed":
-        return dataclasses.replace(self, **{"keda" if name == KEDA else "http_addon": present})
+        return dataclasses.replace(self, **{_FIELDS[name]: present})
+
+
+_FIELDS = {KEDA: "keda", HTTP_ADDON: "http_addon"}   # prerequisite name -> Installed field
 
 
 ASSUMED = Installed()

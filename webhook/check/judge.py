@@ -14,6 +14,7 @@ from typing import Any
 from .. import constants as C
 from ..errors import Denied
 from ..keda import desired_objects
+from ..kube import conditions, parse_time
 from ..models import ModelCatalog
 from ..policy import Policy
 from ..settings import analyze
@@ -77,12 +78,6 @@ class Facts:
 
 # ------------------------------------------------------------------------------------------------ helpers
 
-def _conditions(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    status = (obj or {}).get("status")
-    conds = status.get("conditions") if isinstance(status, dict) else None
-    return {c.get("type"): c for c in conds or [] if isinstance(c, dict)}
-
-
 def served_versions(crd: dict[str, Any]) -> list[str]:
     return [v.get("name", "?") for v in (crd.get("spec") or {}).get("versions") or [] if v.get("served")]
 
@@ -102,15 +97,6 @@ def ready_endpoints(slices: list[dict[str, Any]]) -> int:
             if (ep.get("conditions") or {}).get("ready") is not False:
                 n += len(ep.get("addresses") or [])
     return n
-
-
-def parse_time(text: Any) -> _dt.datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def parse_scaler_address(address: str, default_namespace: str) -> tuple[str, str, str]:
@@ -144,7 +130,7 @@ def _crd_line(f: Facts, group: str, name: str, fix: str, severity: str = FAIL) -
     crd = f.crds.get(name)
     if crd is None:
         return Result(group, f"CRD {name}", severity, "not installed", fix)
-    est = _conditions(crd).get("Established", {}).get("status")
+    est = conditions(crd).get("Established", {}).get("status")
     if est not in (None, "True"):
         return Result(group, f"CRD {name}", FAIL, "installed but not Established",
                       f"kubectl describe crd {name} (names conflict or schema rejected)")
@@ -213,7 +199,7 @@ def judge_keda(f: Facts) -> list[Result]:
                           "absent: the HPA cannot read KEDA metrics, so nothing scales from 1 to N",
                           "install KEDA's metrics API server (part of the KEDA Helm chart)"))
     else:
-        cond = _conditions(api).get("Available", {})
+        cond = conditions(api).get("Available", {})
         if cond.get("status") == "True":
             out.append(Result("keda", f"APIService {METRICS_APISERVICE}", OK, "Available"))
         else:
@@ -356,7 +342,7 @@ def judge_workloads(f: Facts, analysed: list[tuple[dict[str, Any], Any, Any, str
             out.append(Result("workloads", label, OK, f"not managed ({an.skip_reason})"))
             continue
         so = f.scaled_objects.get(key)
-        so_ready = so is not None and _conditions(so).get("Ready", {}).get("status") == "True"
+        so_ready = so is not None and conditions(so).get("Ready", {}).get("status") == "True"
         if replicas == 0 and not so_ready:
             out.append(Result("workloads", label, FAIL,
                               "stranded at zero: 0 replicas and no Ready ScaledObject can wake it",
@@ -376,7 +362,7 @@ def judge_workloads(f: Facts, analysed: list[tuple[dict[str, Any], Any, Any, str
         if not owners:
             out.append(Result("workloads", label, WARN, f"ScaledObject {key} is not owned by the workload",
                               "delete it; llmaz-serverless recreates it with an ownerReference"))
-        ready = _conditions(so).get("Ready", {})
+        ready = conditions(so).get("Ready", {})
         if ready.get("status") != "True":
             out.append(Result("workloads", label, FAIL,
                               f"ScaledObject {key} not Ready: {ready.get('reason', 'no Ready condition')} "

@@ -20,6 +20,8 @@ import datetime as _dt
 from dataclasses import dataclass
 from typing import Any
 
+from ..kube import conditions, parse_time
+
 REASON_NOT_RECONCILED = "KEDANotReconciling"
 REASON_NOT_READY = "KEDANotReady"
 REASON_FALLBACK = "KEDAFallback"
@@ -36,22 +38,6 @@ class Verdict:
     message: str = ""
     warning: bool = False
     recheck_in: float = 0.0
-
-
-def conditions(so: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    status = (so or {}).get("status")
-    items = status.get("conditions") if isinstance(status, dict) else None
-    return {c["type"]: c for c in items or [] if isinstance(c, dict) and isinstance(c.get("type"), str)}
-
-
-def _created(so: dict[str, Any]) -> _dt.datetime | None:
-    raw = (so.get("metadata") or {}).get("creationTimestamp")
-    if not isinstance(raw, str):
-        return None
-    try:
-        return _dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def _text(cond: dict[str, Any]) -> str:
@@ -72,7 +58,7 @@ def judge(so: dict[str, Any] | None, now: _dt.datetime, bound: float = DEFAULT_B
         return Verdict(REASON_NOT_READY, f"KEDA reports ScaledObject {name} partly working ({_text(ready)}); fix "
                                          "the failing trigger", warning=True)
     if ready is None or ready.get("status") not in ("True", "False"):
-        created = _created(so)
+        created = parse_time((so.get("metadata") or {}).get("creationTimestamp"))
         age = (now - created).total_seconds() if created else bound
         if age < bound:
             return Verdict(recheck_in=max(0.5, bound - age))

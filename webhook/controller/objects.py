@@ -138,11 +138,6 @@ def restore_replicas(scaled_object: dict[str, Any] | None) -> int:
     return max(1, prev_min)
 
 
-def workload_replicas(obj: dict[str, Any]) -> int | None:
-    value = (obj.get("spec") or {}).get("replicas")
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def _owned_by_uid(obj: dict[str, Any], uid: str | None) -> bool:
     return bool(uid) and any(isinstance(r, dict) and r.get("uid") == uid
                              for r in (obj.get("metadata") or {}).get("ownerReferences") or [])

@@ -78,6 +78,7 @@ from typing import Any, Awaitable
 from .. import constants as C
 from ..errors import Denied
 from ..keda import Desired, desired_objects
+from ..mutation import spec_replicas
 from ..kube import (CONFIGMAPS, HPAS, INTERCEPTORROUTES, NAMESPACES, OPENMODELS, PLAYGROUNDS, SCALEDOBJECTS,
                     SERVICES, WORKLOAD_RESOURCES, ApiError, Conflict, Kube, NotFound, Resource)
 from ..leader import DEFAULT_LEASE_NAME, LeaderElector, default_identity
@@ -91,7 +92,7 @@ from .informer import Informer, obj_key, sleep_or_stop, wait_any
 from .metrics import reconciler_metrics
 from .objects import (Key, classify_hpas, convert_elastic_config, describe, hpa_target_key, is_ours_for,
                       live_matches, namespace_enabled, namespace_terminating, restore_replicas, slim_hpa,
-                      slim_namespace, slim_owned, slim_workload, workload_key_of_owned, workload_replicas)
+                      slim_namespace, slim_owned, slim_workload, workload_key_of_owned)
 from .workqueue import WorkQueue
 
 log = logging.getLogger("llmaz_serverless.reconciler")
@@ -467,10 +468,12 @@ class Controller:
                                      d.message + (" (existing KEDA objects left unchanged)" if live_so else ""),
                                      "Warning")
             return "rejected"
+        self._set_degraded(key, bool(desired.missing))
         if desired.missing:
-            return await self._degraded(key, obj, desired, live_so, live_ir)
-        self._set_degraded(key, False)
-        if desired.scaled_object is None:
+            await self._hold_above_zero(key, obj, desired)
+            if desired.scaled_object is None:
+                return await self._detach(key, live_so, live_ir)
+        elif desired.scaled_object is None:
             return await self._unmanage(key, obj, live_so, live_ir, desired.analysis.skip_reason or "not managed")
         if foreign_hpas:
             names = ", ".join(sorted((h.get("metadata") or {}).get("name", "") for h in foreign_hpas))
@@ -486,20 +489,18 @@ class Controller:
                 return "requeued"
         result = await self._manage(key, obj, desired, live_so, live_ir)
         await self._report_keda_status(key, obj)
-        return result
+        return "degraded-" + result if desired.missing else result
 
     # ------------------------------------------------------------------------------ never stranded at zero
 
     def _set_degraded(self, key: Key, degraded: bool) -> None:
         self._track(self.degraded, self.metrics.degraded_workloads, key, degraded)
 
-    async def _degraded(self, key: Key, obj: dict[str, Any], desired: Desired, live_so: dict[str, Any] | None,
-                        live_ir: dict[str, Any] | None) -> str:
+    async def _hold_above_zero(self, key: Key, obj: dict[str, Any], desired: Desired) -> None:
         """A managed workload needs an API the cluster does not serve (``webhook.prerequisites``): keep it
-        above zero, say what to install, and keep whatever part of autoscaling can still work."""
+        above zero and say what to install. Whatever part of autoscaling still works is applied as usual."""
         assert desired.degraded is not None
-        kind, ns, name = key
-        self._set_degraded(key, True)
+        kind = key[0]
         await self.recorder.emit(key + ("prerequisite",), obj, EVENT_PREREQUISITE_MISSING,
                                  "; ".join(desired.degraded.reasons), "Warning")
         floor = desired.degraded.floor
@@ -507,12 +508,10 @@ class Controller:
             await self.recorder.emit(key, obj, EVENT_SCALED_FROM_ZERO,
                                      f"replicas set from 0 to {floor}: nothing installed could wake this {kind} "
                                      f"up again ({', '.join(desired.missing)} missing)", "Warning")
-        if desired.scaled_object is not None:
-            result = await self._manage(key, obj, desired, live_so, live_ir)
-            await self._report_keda_status(key, obj)
-            return "degraded-" + result
-        # Nothing left for KEDA to do: remove what of ours can no longer do its job (http-only workload
-        # without the add-on); with KEDA itself missing there is nothing to remove.
+
+    async def _detach(self, key: Key, live_so: dict[str, Any] | None, live_ir: dict[str, Any] | None) -> str:
+        """Nothing left for KEDA to do (an http-only workload without the add-on): remove what of ours can no
+        longer do its job. With KEDA itself missing there is nothing to remove."""
         if live_ir is not None:
             await self._delete(INTERCEPTORROUTES, self.routes, live_ir)
         if live_so is not None:
@@ -523,7 +522,7 @@ class Controller:
     async def _lift_from_zero(self, key: Key, obj: dict[str, Any], floor: int) -> bool:
         """Scale the workload to ``floor`` through ``/scale`` (as KEDA does) if it is at 0. True if it was."""
         kind, ns, name = key
-        cached = workload_replicas(obj)
+        cached = spec_replicas(obj)
         if cached is not None and cached > 0:
             return False
         res = WORKLOAD_RESOURCES[kind]
@@ -629,7 +628,7 @@ class Controller:
             self._set_managed(key, False)
             return "unmanaged"
         restored = None
-        if live_so is not None and workload_replicas(obj) == 0 and not (
+        if live_so is not None and spec_replicas(obj) == 0 and not (
                 kind == C.KIND_SERVICE and owned_by_playground(obj)):
             restored = restore_replicas(live_so)
             res = WORKLOAD_RESOURCES[kind]

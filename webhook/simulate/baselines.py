@@ -16,6 +16,7 @@ import math
 from dataclasses import replace
 from typing import Any
 
+from ..mutation import spec_replicas
 from ..policy import Policy
 from ..settings import Settings
 from ..triggers import CronTrigger, HTTPTrigger, duration_seconds
@@ -115,10 +116,10 @@ def from_settings(s: Settings, policy: Policy, horizon: float, origin: dt.dateti
         gpus_per_replica=(1 if s.gpu else 0) if gpus_per_replica is None else gpus_per_replica)
 
 
-def spec_replicas(obj: dict[str, Any]) -> int:
-    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
-    r = spec.get("replicas")
-    return r if isinstance(r, int) and not isinstance(r, bool) and r >= 0 else 1
+def fixed_replicas(obj: dict[str, Any]) -> int:
+    """What llmaz runs without an autoscaler: ``spec.replicas``, 1 when unset (llmaz's default)."""
+    r = spec_replicas(obj)
+    return r if r is not None and r >= 0 else 1
 
 
 def elastic_bounds(obj: dict[str, Any], fallback_max: int) -> tuple[int, int]:
@@ -131,7 +132,7 @@ def elastic_bounds(obj: dict[str, Any], fallback_max: int) -> tuple[int, int]:
 
 def baselines(obj: dict[str, Any], ours: ScalingConfig) -> dict[str, ScalingConfig]:
     """The three comparisons, built from the original object and our own config (same metric, same GPUs)."""
-    fixed = spec_replicas(obj)
+    fixed = fixed_replicas(obj)
     lo, hi = elastic_bounds(obj, ours.max_replicas)
     target = ours.target if ours.target is not None else 16.0
     return {

@@ -146,10 +146,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Any) -> None:
-    """Adds ``simulate`` and ``recommend``; the CLI lists this module once per subcommand, so a second call
-    adds nothing."""
-    if "simulate" in sub.choices:
-        return
+    """Adds ``simulate`` and ``recommend``."""
     p = sub.add_parser("simulate", help="replay a request trace against a workload's scaling (offline)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p)
