@@ -14,11 +14,12 @@ Layering, from weakest to strongest, when settings are resolved for one workload
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .durations import DurationError, go_duration, whole_seconds
 from .triggers import parse_trigger_list
 
 POLICY_KEY = "policy.yaml"
@@ -28,14 +29,36 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+def _seconds_in(value: Any) -> Any:
+    """A policy duration in whole seconds, in the same forms as the annotations (300, "300", "5m", "1h30m")."""
+    if value is None or isinstance(value, bool):
+        return value
+    try:
+        return whole_seconds(value)
+    except DurationError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _go_duration_in(value: Any) -> Any:
+    """A timeout the HTTP add-on reads with Go's time.ParseDuration: same forms, written in Go's."""
+    try:
+        return go_duration(value)
+    except DurationError as exc:
+        raise ValueError(str(exc)) from None
+
+
+Seconds = Annotated[int, BeforeValidator(_seconds_in)]
+GoDuration = Annotated[str, BeforeValidator(_go_duration_in)]
+
+
 class Overlay(_Strict):
     """A partial set of scaling settings; ``None`` means "inherit from the layer below"."""
 
     minReplicas: int | None = Field(default=None, ge=0)
     maxReplicas: int | None = Field(default=None, ge=1)
-    cooldownPeriod: int | None = Field(default=None, ge=0, description="seconds inactive before N -> 0")
-    pollingInterval: int | None = Field(default=None, ge=1)
-    initialCooldownPeriod: int | None = Field(default=None, ge=0)
+    cooldownPeriod: Seconds | None = Field(default=None, ge=0, description="seconds inactive before N -> 0")
+    pollingInterval: Seconds | None = Field(default=None, ge=1)
+    initialCooldownPeriod: Seconds | None = Field(default=None, ge=0)
     startAtZero: bool | None = None
     triggers: list[Any] | None = Field(
         default=None, description="trigger presets, same forms as the triggers annotation")
@@ -48,9 +71,9 @@ class HTTPSettings(_Strict):
     scalerAddress: str = "keda-add-ons-http-external-scaler.keda:9090"
     concurrency: int = Field(default=16, ge=1, description="in-flight requests per replica")
     # LLM cold starts take 1-5 minutes (image pull, weights, CUDA graphs); HTTP-sized defaults would 504.
-    readinessTimeout: str = "10m"
-    requestTimeout: str = "0s"
-    responseHeaderTimeout: str = "10m"
+    readinessTimeout: GoDuration = "10m"
+    requestTimeout: GoDuration = "0s"
+    responseHeaderTimeout: GoDuration = "10m"
     gatewayHeader: str = Field(
         default="x-ai-eg-model",
         description="header that the Envoy AI Gateway sets to the model name; '' disables that rule")
@@ -63,6 +86,13 @@ class PrometheusSettings(_Strict):
     namespaceLabel: str = "namespace"
     podLabel: str = "pod"
     authRef: str | None = None
+
+
+class AnnotationSettings(_Strict):
+    """What happens to a misspelt annotation: ``unknown`` keys under serverless.llmaz.io/, and keys whose prefix
+    is a near miss of it (serverless.llmaz.com/), are a warning by default; ``deny`` refuses the object."""
+
+    unknown: Literal["warn", "deny"] = "warn"
 
 
 DEFAULT_ACCELERATORS = (
@@ -104,6 +134,7 @@ class Policy(_Strict):
     http: HTTPSettings = HTTPSettings()
     prometheus: PrometheusSettings = PrometheusSettings()
     timezone: str = "UTC"
+    annotations: AnnotationSettings = AnnotationSettings()
     acceleratorResources: tuple[str, ...] = DEFAULT_ACCELERATORS
     acceleratorPrefixes: tuple[str, ...] = DEFAULT_ACCELERATOR_PREFIXES
     unknownModelIsGPU: bool = Field(
@@ -151,6 +182,8 @@ def _describe(exc: ValidationError) -> str:
         msg = err.get("msg", "invalid")
         if err.get("type") == "extra_forbidden":
             msg = "unknown field"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
         parts.append(f"{loc}: {msg}")
     return "; ".join(parts)
 

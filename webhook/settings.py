@@ -16,12 +16,14 @@ import yaml
 
 from . import constants as C
 from .accelerators import Detection, detect
+from .durations import DurationError, human, whole_seconds
 from .errors import Problem
 from .models import ModelCatalog
 from .policy import Overlay, Policy
+from .readiness import workload_readiness_warning
+from .spelling import misplaced_labels, misspelt_annotations
 from .triggers import Preset, RawTrigger, TriggerContext, parse_trigger_list, parse_triggers_annotation
 
-_SECONDS = re.compile(r"^(\d+)(s|m|h)?$")
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
@@ -104,16 +106,25 @@ def opted_out(obj: dict[str, Any]) -> bool:
     return str(annotations_of(obj).get(C.ANN_ENABLED, "")).strip().lower() in _FALSE
 
 
-def _int(ann: dict[str, str], key: str, lo: int, hi: int, problems: list[Problem]) -> int | None:
+def _int(ann: dict[str, str], key: str, lo: int, hi: int, problems: list[Problem], hi_why: str = "") -> int | None:
+    """A whole-number annotation in ``lo..hi``; ``hi_why`` says where the upper bound comes from, so the hint
+    names the bound that is really enforced."""
     if key not in ann:
         return None
     raw = str(ann[key]).strip()
+    hint = f"write a whole number from {lo} to {hi}{hi_why}"
+    if re.fullmatch(r"-\s*\d+(\.\d*)?", raw):
+        problems.append(Problem(key, f"{raw!r} is negative", hint))
+        return None
     if not re.fullmatch(r"\d+", raw):
-        problems.append(Problem(key, f"{raw!r} is not a whole number", f"write a number between {lo} and {hi}"))
+        problems.append(Problem(key, f"{raw!r} is not a whole number", hint))
         return None
     value = int(raw)
+    if value > hi and hi_why:
+        problems.append(Problem(key, f"{value} is above {hi}{hi_why}", f"ask for at most {hi}"))
+        return None
     if not lo <= value <= hi:
-        problems.append(Problem(key, f"{value} is out of range", f"write a number between {lo} and {hi}"))
+        problems.append(Problem(key, f"{value} is out of range", hint))
         return None
     return value
 
@@ -123,14 +134,14 @@ def _seconds(ann: dict[str, str], key: str, problems: list[Problem]) -> int | No
         return None
     lo, hi = LIMITS[key]
     raw = str(ann[key]).strip()
-    m = _SECONDS.match(raw)
-    if not m:
-        problems.append(Problem(key, f"{raw!r} is not a number of seconds",
-                                "write seconds (300) or a duration in s, m or h (300s, 5m, 1h)"))
+    try:
+        value = whole_seconds(raw)
+    except DurationError as exc:
+        problems.append(Problem(key, str(exc)))
         return None
-    value = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
     if not lo <= value <= hi:
-        problems.append(Problem(key, f"{raw} is out of range", f"allowed: {lo} to {hi} seconds"))
+        problems.append(Problem(key, f"{raw} is out of range",
+                                f"allowed: {lo} to {hi} seconds ({human(lo)} to {human(hi)})"))
         return None
     return value
 
@@ -271,6 +282,12 @@ def analyze(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Analys
     an.managed = True
     an.backend = _backend(obj)
     problems.extend(_name_problems(obj))
+    for finding in misspelt_annotations(ann):
+        if policy.annotations.unknown == "deny":
+            problems.append(finding.problem())
+        else:
+            an.warnings.append(finding.warning())
+    an.warnings.extend(misplaced_labels(obj))
 
     det = detect(obj, policy, models)
     an.detection = det
@@ -296,16 +313,9 @@ def analyze(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Analys
             _layer(resolved, policy.profiles[profile])
 
     cap = policy.maxReplicasCap
-    explicit_min = _int(ann, C.ANN_MIN_REPLICAS, 0, 100000, problems)
-    explicit_max = _int(ann, C.ANN_MAX_REPLICAS, 1, 100000, problems)
-    if explicit_max is not None and explicit_max > cap:
-        problems.append(Problem(C.ANN_MAX_REPLICAS, f"{explicit_max} is above the cluster's cap of {cap}",
-                                f"ask for at most {cap} (cluster policy maxReplicasCap)"))
-        explicit_max = None
-    if explicit_min is not None and explicit_min > cap:
-        problems.append(Problem(C.ANN_MIN_REPLICAS, f"{explicit_min} is above the cluster's cap of {cap}",
-                                f"ask for at most {cap} (cluster policy maxReplicasCap)"))
-        explicit_min = None
+    cap_why = f" (the cluster's cap of {cap}, policy maxReplicasCap)"
+    explicit_min = _int(ann, C.ANN_MIN_REPLICAS, 0, cap, problems, cap_why)
+    explicit_max = _int(ann, C.ANN_MAX_REPLICAS, 1, cap, problems, cap_why)
     for key, field_name in ((C.ANN_MIN_REPLICAS, "minReplicas"), (C.ANN_MAX_REPLICAS, "maxReplicas")):
         value = explicit_min if key == C.ANN_MIN_REPLICAS else explicit_max
         if value is not None:
@@ -380,4 +390,7 @@ def analyze(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Analys
                            "pods, no metrics); add an http or message-queue trigger or set min-replicas 1")
     if det.gpu and lo > 0:
         an.warnings.append(f"min-replicas {lo} keeps {lo} GPU replica(s) running while idle")
+    readiness = workload_readiness_warning(obj, settings, policy, models)
+    if readiness:
+        an.warnings.append(readiness)
     return an

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .durations import DurationError, duration_seconds, go_duration, is_duration  # noqa: F401 - re-exported
 from .errors import Problem
 
 
@@ -39,7 +40,6 @@ class PolicyView(Protocol):
 
 # ---------------------------------------------------------------------------------------------- helpers
 
-_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _CREDENTIAL_KEYS = {
     "password", "passwd", "pass", "secret", "token", "apikey", "api_key", "accesskey", "accesskeyid",
@@ -48,11 +48,6 @@ _CREDENTIAL_KEYS = {
     "sharedaccesskey", "authtoken", "accesstoken", "tlskey", "clientkey", "keypassword",
 }
 _USERINFO_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://[^/?#\s]*@")
-
-
-def is_duration(value: str) -> bool:
-    """Go ``time.ParseDuration`` syntax, as the HTTP add-on parses its timeouts ("0s" included)."""
-    return value == "0" or bool(_DURATION.match(value))
 
 
 def _credential_problems(params: dict[str, Any], where: str) -> list[Problem]:
@@ -172,12 +167,17 @@ class HTTPTrigger(Preset):
 
     keda_type: ClassVar[str] = "external-push"
 
-    @field_validator("window", "granularity", "readinessTimeout", "requestTimeout", "responseHeaderTimeout")
+    @field_validator("window", "granularity", "readinessTimeout", "requestTimeout", "responseHeaderTimeout",
+                     mode="before")
     @classmethod
-    def _duration(cls, v: str | None) -> str | None:
-        if v is not None and not is_duration(v):
-            raise ValueError(f"{v!r} is not a duration; write e.g. 90s, 5m or 1h30m")
-        return v
+    def _duration(cls, v: Any) -> str | None:
+        # The add-on parses these with Go's time.ParseDuration: written in the one accepted form, sent in Go's.
+        if v is None:
+            return None
+        try:
+            return go_duration(v)
+        except DurationError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("paths")
     @classmethod
@@ -250,15 +250,6 @@ class HTTPTrigger(Preset):
             "scalingMetric": metric,
             "timeouts": self.effective_timeouts(ctx.policy),
         }
-
-    def warnings(self, ctx: TriggerContext) -> list[str]:
-        out = []
-        readiness = self.effective_timeouts(ctx.policy)["readiness"]
-        secs = duration_seconds(readiness)
-        if secs is not None and 0 < secs < 120:
-            out.append(f"http trigger: readinessTimeout {readiness} is shorter than a typical LLM cold start "
-                       f"(1-5 minutes); requests arriving at zero replicas may get 504")
-        return out
 
 
 class QueueDepthTrigger(Preset):
@@ -741,15 +732,6 @@ def timezone_problem(tz: str) -> str | None:
     except (ZoneInfoNotFoundError, ValueError):
         return f"timezone {tz!r} is not an IANA time zone name (e.g. Europe/Berlin, America/New_York, UTC)"
     return None
-
-
-def duration_seconds(value: str) -> float | None:
-    if not is_duration(value):
-        return None
-    if value == "0":
-        return 0.0
-    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
-    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", value))
 
 
 # ---------------------------------------------------------------------------------------------- parsing

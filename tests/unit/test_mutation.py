@@ -216,14 +216,14 @@ def denial(obj, **kw) -> str:
 
 @pytest.mark.parametrize("annotations,where,needle", [
     ({C.ANN_MIN_REPLICAS: "abc"}, C.ANN_MIN_REPLICAS, "not a whole number"),
-    ({C.ANN_MIN_REPLICAS: "-1"}, C.ANN_MIN_REPLICAS, "not a whole number"),
+    ({C.ANN_MIN_REPLICAS: "-1"}, C.ANN_MIN_REPLICAS, "'-1' is negative"),
     ({C.ANN_MAX_REPLICAS: "0"}, C.ANN_MAX_REPLICAS, "out of range"),
     ({C.ANN_MAX_REPLICAS: "1.5"}, C.ANN_MAX_REPLICAS, "not a whole number"),
     ({C.ANN_MAX_REPLICAS: "1000"}, C.ANN_MAX_REPLICAS, "cap of 64"),
     ({C.ANN_MIN_REPLICAS: "3", C.ANN_MAX_REPLICAS: "2"}, C.ANN_MIN_REPLICAS, "above max-replicas"),
     ({C.ANN_MIN_REPLICAS: "9"}, C.ANN_MIN_REPLICAS, "above max-replicas (4, from the policy)"),
-    ({C.ANN_COOLDOWN: "soon"}, C.ANN_COOLDOWN, "not a number of seconds"),
-    ({C.ANN_COOLDOWN: "30d"}, C.ANN_COOLDOWN, "not a number of seconds"),
+    ({C.ANN_COOLDOWN: "soon"}, C.ANN_COOLDOWN, "not a duration"),
+    ({C.ANN_COOLDOWN: "30d"}, C.ANN_COOLDOWN, "not a duration"),
     ({C.ANN_POLLING: "0"}, C.ANN_POLLING, "out of range"),
     ({C.ANN_INITIAL_COOLDOWN: "48h"}, C.ANN_INITIAL_COOLDOWN, "out of range"),
     ({C.ANN_START_AT_ZERO: "maybe"}, C.ANN_START_AT_ZERO, "not a boolean"),
