@@ -22,8 +22,18 @@ class ModelCatalog:
         if name:
             # Keep only what the rules read; the rest of an OpenModel is irrelevant here.
             spec = model.get("spec") or {}
-            self._models[name] = {"metadata": {"name": name},
-                                  "spec": {"inferenceConfig": spec.get("inferenceConfig") or {}}}
+            kept: dict[str, Any] = {"inferenceConfig": spec.get("inferenceConfig") or {}}
+            source = spec.get("source") if isinstance(spec, dict) else None
+            if isinstance(source, dict):   # the model id tells its size (webhook.readiness)
+                hub = source.get("modelHub")
+                kept_source: dict[str, Any] = {}
+                if isinstance(hub, dict) and isinstance(hub.get("modelID"), str):
+                    kept_source["modelHub"] = {"modelID": hub["modelID"]}
+                if isinstance(source.get("uri"), str):
+                    kept_source["uri"] = source["uri"]
+                if kept_source:
+                    kept["source"] = kept_source
+            self._models[name] = {"metadata": {"name": name}, "spec": kept}
 
     def remove(self, name: str) -> None:
         self._models.pop(name, None)

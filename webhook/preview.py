@@ -21,9 +21,18 @@ from .keda import desired_objects, metadata_problems
 from .models import ModelCatalog
 from .mutation import mutate
 from .policy import Policy, PolicyError, load_policy_file
+from .settings import owned_by_playground
+from .spelling import inert_annotations_hint
 from .validation import validate
 
 EXIT_OK, EXIT_DENIED, EXIT_INPUT = 0, 1, 2
+
+# The Service CRD of llmaz v0.1.1 and older has no spec.replicas (``check`` reads the installed CRD and says
+# which one the cluster has; preview has no cluster, so it says what to look for).
+STANDALONE_SERVICE_NOTE = (
+    "a standalone Service is scaled through spec.replicas, which the Service CRD of llmaz v0.1.1 and older does "
+    "not have: there only Playgrounds can be scaled (upgrade llmaz to v0.1.4 or newer; `llmaz-serverless "
+    "check` tells which one the cluster runs)")
 
 # What preview shows in place of the characters the API server appends to a ``generateName``.
 GENERATED_SUFFIX = "xxxxx"
@@ -101,6 +110,9 @@ def preview_object(obj: dict[str, Any], policy: Policy, models: ModelCatalog, *,
         return report
     if obj.get("apiVersion") != C.LLMAZ_API_VERSION or obj.get("kind") not in C.WORKLOAD_KINDS:
         report["skipped"] = "not an inference.llmaz.io/v1alpha1 Playground or Service"
+        hint = inert_annotations_hint(obj, f"a {obj.get('apiVersion')} {obj.get('kind')} is not handled")
+        if hint:
+            report["notes"].append(hint)
         return report
     try:
         m = mutate(obj, old, operation, policy, models)
@@ -112,7 +124,13 @@ def preview_object(obj: dict[str, Any], policy: Policy, models: ModelCatalog, *,
     report["object"] = m.obj
     if not m.analysis.managed:
         report["skipped"] = m.analysis.skip_reason
+        if owned_by_playground(obj):
+            hint = inert_annotations_hint(obj, "a Service owned by a Playground follows the Playground")
+            if hint:
+                report["notes"].append(hint)
         return report
+    if obj.get("kind") == C.KIND_SERVICE:
+        report["notes"].append(STANDALONE_SERVICE_NOTE)
     verdict = validate(m.obj, old, operation, policy, models)
     report["warnings"].extend(w for w in verdict.warnings if w not in report["warnings"])
     if not verdict.allowed:

@@ -473,6 +473,7 @@ class AppState:
     cert_file: str = ""
     key_file: str = ""
     policy_ready: bool = True                # False until a --policy-configmap was read once
+    kube_config: Any = None                  # webhook.kube.KubeConfig, loaded by prepare() when a cluster is used
     server: WebhookServer | None = None
     stop_event: asyncio.Event | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
@@ -522,20 +523,13 @@ async def start_background(app_state: AppState) -> None:
     Raising ``ConfigError`` stops the server with exit code 2.
     """
     args = app_state.args
-    # A kubeconfig given explicitly also means: keep admission's caches (OpenModels, installed APIs) in step
-    # with that cluster, even when serving admission only.
-    wants_cluster = (bool(args.policy_configmap) or args.cert_mode == "self-managed" or not args.no_reconcile
-                     or bool(args.kubeconfig))
-    if not wants_cluster:
+    if not cluster_reasons(args):
         return
     service_namespace = (args.policy_configmap.split("/")[0] if args.policy_configmap
                          else os.environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE)
-    try:
-        from .kube import Kube
+    from .kube import Kube
 
-        kube = Kube.auto(args.kubeconfig)
-    except Exception as exc:  # noqa: BLE001 - any config problem is a start-up error with one line
-        raise ConfigError(f"cannot load Kubernetes credentials: {exc}") from None
+    kube = Kube(app_state.kube_config if app_state.kube_config is not None else load_kube_config(args))
 
     if args.cert_mode == "self-managed":
         _start_cert_manager(app_state, service_namespace)
@@ -571,6 +565,36 @@ async def start_background(app_state: AppState) -> None:
             await kube.close()
 
     app_state.spawn(run_and_close(), "informers" if args.no_reconcile else "controller")
+
+
+def cluster_reasons(args: argparse.Namespace) -> list[str]:
+    """Why this ``serve`` needs a cluster (empty: admission only, from files)."""
+    reasons = []
+    if not args.no_reconcile:
+        reasons.append("the reconciler runs (--no-reconcile turns it off)")
+    if args.policy_configmap:
+        reasons.append("--policy-configmap")
+    if args.cert_mode == "self-managed":
+        reasons.append("--cert-mode self-managed")
+    if args.kubeconfig or getattr(args, "context", None):
+        # An explicit kubeconfig also means: keep admission's caches (OpenModels, installed APIs) in step with
+        # that cluster, even when serving admission only.
+        reasons.append("--kubeconfig/--context")
+    return reasons
+
+
+def load_kube_config(args: argparse.Namespace) -> Any:
+    """The cluster's address and credentials, loaded before anything listens: a serve that cannot reach its
+    cluster must fail at once with the reason and the way out, not after announcing that it serves."""
+    from .kube import KubeConfig
+
+    try:
+        return KubeConfig.auto(args.kubeconfig, getattr(args, "context", None))
+    except Exception as exc:  # noqa: BLE001 - any config problem is a start-up error with one line
+        why = "; ".join(cluster_reasons(args))
+        raise ConfigError(f"cannot load Kubernetes credentials: {exc}. A cluster is needed because: {why}. To "
+                          f"serve admission without a cluster use --no-reconcile --cert-mode files "
+                          f"--policy-file FILE (and no --policy-configmap/--kubeconfig)") from None
 
 
 def _positive_float(value: str) -> float:
@@ -675,9 +699,11 @@ def prepare(args: argparse.Namespace, metrics: Metrics | None = None) -> AppStat
                 raise ConfigError(f"TLS file {path} not found")
         raise ConfigError(f"TLS files {cert_file} / {key_file} are not a usable certificate and key pair")
 
+    kube_config = load_kube_config(args) if cluster_reasons(args) else None
     health = Health()
     state = AppState(args=args, brain=brain, health=health, metrics=metrics, tls=tls,
-                     cert_file=cert_file, key_file=key_file, policy_ready=not args.policy_configmap)
+                     cert_file=cert_file, key_file=key_file, policy_ready=not args.policy_configmap,
+                     kube_config=kube_config)
     health.add_check("tls", lambda: tls.loaded, f"no serving certificate loaded from {cert_file}")
     health.add_check("policy", lambda: state.policy_ready, "policy ConfigMap not read yet")
     return state
@@ -788,6 +814,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     kube.add_argument("--no-reconcile", action="store_true",
                       help="serve admission only; do not create KEDA objects")
     kube.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
+    kube.add_argument("--context", help="kubeconfig context (default: the current one)")
     kube.add_argument("--resync", type=float, default=300.0,
                       help="seconds between full resyncs of every managed workload (default %(default)s)")
     kube.add_argument("--discovery-interval", type=_positive_float, default=15.0, metavar="SECONDS",

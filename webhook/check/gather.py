@@ -75,10 +75,20 @@ async def gather(kube: Kube, *, keda_namespace: str, policy_ref: str, webhook_co
                  timeout: float, policy_for: Callable[[dict[str, Any] | None], Policy]) -> Facts:
     """Collect the facts; ``policy_for`` turns the policy ConfigMap (or None) into the policy to judge with."""
     facts = Facts(keda_namespace=keda_namespace, policy_ref=policy_ref)
+    host = getattr(getattr(kube, "config", None), "host", "the server")
+    not_kubernetes = (f"is {host} a Kubernetes API server? Check the cluster's server address in the kubeconfig "
+                      f"(--kubeconfig, --context)")
     try:
         facts.version = await _bounded(kube.request("GET", "/version", timeout=timeout), timeout)
+    except NotFound as exc:
+        facts.api_error = f"{_describe(exc)} for GET /version: {not_kubernetes}"
+        return facts
     except (ApiError, asyncio.TimeoutError) as exc:
         facts.api_error = _describe(exc)
+        return facts
+    if not isinstance(facts.version, dict) or not isinstance(facts.version.get("gitVersion"), str):
+        facts.api_error = f"GET /version did not answer a Kubernetes version: {not_kubernetes}"
+        facts.version = None
         return facts
 
     for name in LLMAZ_CRDS + (LWS_CRD,) + KEDA_CRDS + (HTTP_CRD,):

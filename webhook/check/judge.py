@@ -17,6 +17,7 @@ from ..keda import desired_objects
 from ..kube import conditions, parse_time
 from ..models import ModelCatalog
 from ..policy import Policy
+from ..readiness import workload_readiness_warning
 from ..settings import analyze
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -381,6 +382,24 @@ def judge_workloads(f: Facts, analysed: list[tuple[dict[str, Any], Any, Any, str
     return out
 
 
+def judge_readiness(f: Facts, analysed: list[tuple[dict[str, Any], Any, Any, str | None]],
+                    policy: Policy) -> list[Result]:
+    """A workload woken by http whose readiness timeout is shorter than its model's load: every cold start
+    would end in 504 (see webhook.readiness)."""
+    models = ModelCatalog(f.models)
+    out = []
+    for w, an, _, denial in analysed:
+        if not an.managed or denial or an.settings is None:
+            continue
+        text = workload_readiness_warning(w, an.settings, policy, models)
+        if text:
+            meta = w.get("metadata") or {}
+            out.append(Result("workloads", f"{w.get('kind')} {meta.get('namespace')}/{meta.get('name')}", WARN,
+                              text, "set readinessTimeout in the http trigger, or http.readinessTimeout in the "
+                              "policy, above the model's load (docs/api.md)"))
+    return out
+
+
 def judge_all(f: Facts, policy: Policy, policy_error: str | None) -> list[Result]:
     """Every check, in the order they are printed. After an unreachable API server nothing else is judged."""
     results = judge_api(f)
@@ -395,4 +414,5 @@ def judge_all(f: Facts, policy: Policy, policy_error: str | None) -> list[Result
     results += judge_webhooks(f)
     results += judge_namespaces(f)
     results += judge_workloads(f, analysed)
+    results += judge_readiness(f, analysed, policy)
     return results
