@@ -32,7 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="create development certificates",
         description="Certificates for running the webhook outside the cluster or in tests.",
     )
-    sub = parser.add_subparsers(dest="certs_command", required=True)
+    sub = parser.add_subparsers(dest="certs_command", metavar="{dev}")
+
+    def usage(_: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    parser.set_defaults(func=usage)
     dev = sub.add_parser(
         "dev",
         help="write a CA and a serving certificate (ca.crt ca.key tls.crt tls.key) into a directory",
@@ -47,8 +53,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dev.add_argument("--dns", action="append", default=[], metavar="NAME", help="extra DNS SAN (repeatable)")
     dev.add_argument("--ip", action="append", default=[], metavar="ADDR", help="extra IP SAN (repeatable)")
     dev.add_argument("--ca-days", type=int, default=365, help="CA validity in days (default %(default)s)")
-    dev.add_argument("--days", type=int, default=30, help="serving cert validity in days (default %(default)s)")
+    dev.add_argument("--days", type=int, default=30,
+                     help="serving cert validity in days, at most --ca-days (default %(default)s)")
+    dev.add_argument("--force", action="store_true",
+                     help="replace a CA already in --out (every caBundle that trusts the old one must be updated)")
     dev.set_defaults(func=_cmd_dev)
+
+
+def _out_problem(out: str, force: bool) -> str | None:
+    """Why ``out`` cannot receive the files, or None. An existing CA is kept unless ``force``: replacing it
+    silently breaks every webhook configuration whose caBundle holds the old one."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        return f"--out {out} exists and is not a directory"
+    existing = [n for n in ("ca.crt", "ca.key") if os.path.exists(os.path.join(out, n))]
+    if existing and not force:
+        return (f"{out} already holds a CA ({', '.join(existing)}); a new one would break every caBundle that "
+                f"trusts it: choose another --out, or pass --force to replace it")
+    parent = out
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot write into {out}: {parent} is not writable"
+    return None
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
@@ -60,6 +86,17 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     if args.ca_days <= 0 or args.days <= 0:
         print("llmaz-serverless certs dev: validities must be positive", file=sys.stderr)
         return 2
+    if args.days > args.ca_days:
+        # A leaf never outlives its issuer (authority.issue_serving_cert cuts it): say so instead.
+        print(f"llmaz-serverless certs dev: --days {args.days} is longer than --ca-days {args.ca_days}; a serving "
+              f"certificate cannot outlive its CA: raise --ca-days to at least {args.days} or lower --days",
+              file=sys.stderr)
+        return 2
+    out = os.path.abspath(args.out)
+    problem = _out_problem(out, args.force)
+    if problem:
+        print(f"llmaz-serverless certs dev: {problem}", file=sys.stderr)
+        return 2
     dns = list(
         dict.fromkeys(["localhost", *authority.serving_dns_names(args.service, args.namespace), *args.dns])
     )
@@ -67,18 +104,23 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     ca = authority.generate_ca("llmaz-serverless-dev-ca", _dt.timedelta(days=args.ca_days), now)
     leaf = authority.issue_serving_cert(ca, dns, ips, _dt.timedelta(days=args.days), now)
 
-    out = os.path.abspath(args.out)
-    os.makedirs(out, exist_ok=True)
     paths = {}
-    for name, data, mode in (
-        ("ca.crt", ca.cert_pem, 0o644),
-        ("ca.key", ca.key_pem, 0o600),
-        ("tls.key", leaf.key_pem, 0o600),
-        ("tls.crt", leaf.cert_pem, 0o644),
-    ):
-        path = os.path.join(out, name)
-        atomic_write(path, data, mode)
-        paths[name] = path
+    try:
+        os.makedirs(out, exist_ok=True)
+        for name, data, mode in (
+            ("ca.crt", ca.cert_pem, 0o644),
+            ("ca.key", ca.key_pem, 0o600),
+            ("tls.key", leaf.key_pem, 0o600),
+            ("tls.crt", leaf.cert_pem, 0o644),
+        ):
+            path = os.path.join(out, name)
+            atomic_write(path, data, mode)
+            paths[name] = path
+    except OSError as exc:
+        written = f" (written before the failure: {', '.join(paths.values())})" if paths else ""
+        print(f"llmaz-serverless certs dev: cannot write into {out}: {exc.strerror or exc}{written}",
+              file=sys.stderr)
+        return 2
 
     for name in ("ca.crt", "ca.key", "tls.crt", "tls.key"):
         print(f"{name}: {paths[name]}")

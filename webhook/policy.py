@@ -231,8 +231,12 @@ def policy_from_configmap(configmap: dict[str, Any]) -> Policy:
 
 
 def load_policy_file(path: str) -> Policy:
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
+    """Raises ``OSError`` when the file cannot be read, ``PolicyError`` when it is no usable policy."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"not UTF-8 text (byte {exc.start}); a policy is a YAML document") from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError:

@@ -27,6 +27,14 @@ from .validation import validate
 
 EXIT_OK, EXIT_DENIED, EXIT_INPUT = 0, 1, 2
 
+DESCRIPTION = """\
+Show what llmaz-serverless would do to a manifest, offline: each Playground or Service as the admission webhook
+would admit and change it, the KEDA objects (ScaledObject, InterceptorRoute) it would get, and the warnings and
+denials as YAML comments. The rules are the webhook's own; no cluster is needed. OpenModels in the files (or in
+--models) tell which models need GPUs.
+
+Exit code: 0 when every object is admitted, 1 when any is denied, 2 on unusable input."""
+
 # The Service CRD of llmaz v0.1.1 and older has no spec.replicas (``check`` reads the installed CRD and says
 # which one the cluster has; preview has no cluster, so it says what to look for).
 STANDALONE_SERVICE_NOTE = (
@@ -43,13 +51,16 @@ class InputError(Exception):
 
 
 def _read(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
     try:
+        if path == "-":
+            return sys.stdin.read()
         with open(path, encoding="utf-8") as fh:
             return fh.read()
     except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{'standard input' if path == '-' else path}: not UTF-8 text (byte {exc.start}); a "
+                         "manifest is YAML or JSON text") from None
 
 
 def load_documents(path: str) -> list[dict[str, Any]]:
@@ -225,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("preview", help="show what the webhook would do to a manifest (offline)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-f", "--file", action="append", required=True,
                    help="manifest file (several objects allowed; '-' for stdin); repeatable")
     p.add_argument("--policy", help="policy file (policy.yaml or a ConfigMap manifest); default: built-in")

@@ -592,9 +592,10 @@ def load_kube_config(args: argparse.Namespace) -> Any:
         return KubeConfig.auto(args.kubeconfig, getattr(args, "context", None))
     except Exception as exc:  # noqa: BLE001 - any config problem is a start-up error with one line
         why = "; ".join(cluster_reasons(args))
-        raise ConfigError(f"cannot load Kubernetes credentials: {exc}. A cluster is needed because: {why}. To "
-                          f"serve admission without a cluster use --no-reconcile --cert-mode files "
-                          f"--policy-file FILE (and no --policy-configmap/--kubeconfig)") from None
+        raise ConfigError(f"cannot load Kubernetes credentials: {str(exc).rstrip('.')}. A cluster is needed "
+                          f"because: {why}. To serve admission only, without a cluster, add --no-reconcile "
+                          f"(with --cert-mode files, and --policy-file for a policy; no --policy-configmap or "
+                          f"--kubeconfig)") from None
 
 
 def _positive_float(value: str) -> float:

@@ -17,6 +17,15 @@ from ..policy import Policy, PolicyError, policy_from_configmap
 from .judge import FAIL, OK, WARN, Facts, Result, judge_all
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+DESCRIPTION = """\
+Is this cluster ready for llmaz-serverless, and is every managed workload safe? Reads (never writes) llmaz,
+KEDA, the HTTP add-on, the policy, the webhook configurations and the workloads in opted-in namespaces. Each
+line is one check with ok, warn or FAIL, and each failure comes with its fix. Run it after an install and
+whenever something does not scale.
+
+Exit code: 0 when nothing failed (warnings allowed), 1 when a check failed, 2 when the cluster could not be
+asked (bad kubeconfig, API server unreachable) or the usage is wrong."""
 DEFAULT_POLICY_CONFIGMAP = "llmaz-serverless-system/llmaz-serverless-policy"   # as in deploy/manifests
 
 MARKS = {
@@ -112,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("check", help="check the cluster and every managed workload (run first after install)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
     p.add_argument("--context", help="kubeconfig context (default: the current one)")
     p.add_argument("--keda-namespace", default="keda", help="namespace of KEDA (default %(default)s)")
