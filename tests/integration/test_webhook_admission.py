@@ -158,6 +158,30 @@ def test_warnings_reach_the_client(kube, opted_in):
     assert stored["metadata"]["annotations"][C.ANN_MAX_REPLICAS] == "3"
 
 
+def test_misspelt_annotations_warn_through_the_api_server(kube, opted_in):
+    # What kubectl prints as "Warning: ...": the API server relays the webhook's warnings in Warning headers.
+    api = client.CustomObjectsApi(kube)
+    obj = gpu_playground(name="typo", annotations={"serverless.llmaz.io/min-replica": "1",
+                                                   "serverless.llmaz.com/cooldown-period": "30m"})
+    _, status, headers = api.create_namespaced_custom_object_with_http_info(GROUP, VERSION, opted_in,
+                                                                            "playgrounds", obj)
+    assert status == 201
+    warning = headers.get("Warning", "")
+    assert "serverless.llmaz.io/min-replica is not an annotation of llmaz-serverless" in warning, warning
+    assert f"did you mean {C.ANN_MIN_REPLICAS}?" in warning, warning
+    assert "serverless.llmaz.com/cooldown-period is ignored" in warning, warning
+    assert f"did you mean {C.ANN_COOLDOWN}?" in warning, warning
+
+
+def test_short_readiness_timeout_warns_through_the_api_server(kube, opted_in):
+    api = client.CustomObjectsApi(kube)
+    obj = gpu_playground(name="hasty", annotations={C.ANN_TRIGGERS: "[{type: http, readinessTimeout: 30s}]"})
+    _, status, headers = api.create_namespaced_custom_object_with_http_info(GROUP, VERSION, opted_in,
+                                                                            "playgrounds", obj)
+    assert status == 201
+    assert "readinessTimeout 30s is shorter than the expected load" in headers.get("Warning", "")
+
+
 def test_server_side_dry_run(kube, opted_in):
     out = create(kube, opted_in, gpu_playground(name="dry"), dry_run="All")
     assert out["metadata"]["annotations"][C.ANN_MANAGED] == "true" and out["spec"]["replicas"] == 0
