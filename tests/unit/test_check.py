@@ -246,3 +246,12 @@ def test_parse_scaler_address(address: str, expected: tuple[str, str, str]) -> N
 
 def test_ready_endpoints_unset_condition_counts_as_ready() -> None:
     assert ready_endpoints([{"endpoints": [{"addresses": ["a"]}, {"addresses": ["b"], "conditions": {"ready": False}}]}]) == 1
+
+
+def test_readiness_timeout_shorter_than_the_model_load_warns() -> None:
+    f = healthy()
+    assert not [r for r in judge(f) if "readinessTimeout" in r.detail]
+    f.policy_configmap = {"metadata": {"name": "p"}, "data": {"policy.yaml": "http: {readinessTimeout: 1m}\n"}}
+    warned = [r for r in judge(f) if "readinessTimeout 1m" in r.detail]
+    assert len(warned) == 1 and warned[0].status == WARN and warned[0].name == "Playground ai/chat"
+    assert "504" in warned[0].detail and "readinessTimeout" in warned[0].fix

@@ -65,3 +65,14 @@ def test_stdin_and_console_script():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "JSON Patch" in proc.stdout and "/spec/replicas" in proc.stdout
+
+
+def test_standalone_service_note_names_the_llmaz_version_it_needs():
+    from tests.unit.helpers import catalog, service
+    from webhook.policy import Policy
+    from webhook.preview import preview_object
+
+    report = preview_object(service(), Policy.default(), catalog(), namespace="ai")
+    assert report["allowed"] and any("v0.1.1" in n and "spec.replicas" in n for n in report["notes"])
+    owned = preview_object(service(owner=True), Policy.default(), catalog(), namespace="ai")
+    assert not any("v0.1.1" in n for n in owned["notes"])   # scaled through its Playground
