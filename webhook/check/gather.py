@@ -80,8 +80,8 @@ async def gather(kube: Kube, *, keda_namespace: str, policy_ref: str, webhook_co
                       f"(--kubeconfig, --context)")
     try:
         facts.version = await _bounded(kube.request("GET", "/version", timeout=timeout), timeout)
-    except NotFound as exc:
-        facts.api_error = f"{_describe(exc)} for GET /version: {not_kubernetes}"
+    except NotFound:
+        facts.api_error = f"GET /version answered 404 Not Found: {not_kubernetes}"
         return facts
     except (ApiError, asyncio.TimeoutError) as exc:
         facts.api_error = _describe(exc)
