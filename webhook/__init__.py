@@ -7,6 +7,9 @@ The package is laid out by responsibility:
 - ``accelerators``-- does this workload ask for GPUs/accelerators?
 - ``triggers``    -- the trigger presets (http, queue-depth, message queues, cron, raw).
 - ``settings``    -- annotations + policy -> resolved scaling settings.
+- ``durations``   -- the one duration parser (annotations, trigger parameters, policy).
+- ``spelling``    -- misspelt annotation keys and prefixes (warned, or denied by policy).
+- ``readiness``   -- is the HTTP readiness timeout longer than the model's expected load?
 - ``mutation``    -- the admission mutation rules (pure: object in, object out).
 - ``validation``  -- the admission validation rules (pure).
 - ``keda``        -- desired KEDA objects (ScaledObject, InterceptorRoute) for a workload (pure).

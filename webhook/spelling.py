@@ -40,7 +40,7 @@ class Finding:
 
     def problem(self) -> Problem:
         fix = f"did you mean {self.suggestion}? " if self.suggestion else ""
-        fix += f"(known: see docs/api.md; the cluster policy sets annotations.unknown: deny)"
+        fix += "the cluster policy denies unknown annotations (annotations.unknown: deny); see docs/api.md"
         return Problem(self.key, self.what, fix)
 
 
