@@ -17,6 +17,7 @@ unknown``) whether the first two findings warn or deny; ``settings.analyze`` app
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -74,7 +75,10 @@ def _closest(name: str) -> str | None:
     return starts[0] if len(starts) == 1 else None
 
 
+@functools.lru_cache(maxsize=4096)
 def _near_prefix(prefix: str) -> bool:
+    # Cached: a cluster's annotations use a handful of prefixes (kubectl.kubernetes.io, ...), and this runs on
+    # every admission; the bound keeps tenants' invented prefixes from growing it.
     return prefix != C.DOMAIN and edit_distance(prefix.lower(), C.DOMAIN, PREFIX_DISTANCE) <= PREFIX_DISTANCE
 
 
