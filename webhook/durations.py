@@ -14,6 +14,7 @@ timeouts) ``go_duration`` writes the canonical string, so ``300`` reaches the ad
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any
@@ -44,14 +45,7 @@ def parse_duration(value: Any) -> float:
         text = value.strip()
         if len(text) > MAX_TEXT:
             raise DurationError(f"a duration of {len(text)} characters is not plausible; write {FORMS}")
-        if text.startswith("-"):
-            raise DurationError(f"{text!r} is negative; a duration is 0 or more ({FORMS})")
-        if _NUMBER.match(text):
-            seconds = float(text)
-        elif _WHOLE.match(text):
-            seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(text))
-        else:
-            raise DurationError(f"{text!r} is not a duration; write {FORMS}")
+        seconds = _text_seconds(text)
     else:
         raise DurationError(f"a {type(value).__name__} is not a duration; write {FORMS}")
     if not math.isfinite(seconds):
@@ -61,6 +55,18 @@ def parse_duration(value: Any) -> float:
     if seconds > MAX_SECONDS:
         raise DurationError(f"{text} is more than 10 years; write {FORMS}")
     return seconds
+
+
+@functools.lru_cache(maxsize=1024)
+def _text_seconds(text: str) -> float:
+    # Cached: admission reads the same few values ("10m", "300") over and over; texts are at most MAX_TEXT long.
+    if text.startswith("-"):
+        raise DurationError(f"{text!r} is negative; a duration is 0 or more ({FORMS})")
+    if _NUMBER.match(text):
+        return float(text)
+    if _WHOLE.match(text):
+        return sum(float(n) * _UNITS[u] for n, u in _PART.findall(text))
+    raise DurationError(f"{text!r} is not a duration; write {FORMS}")
 
 
 def whole_seconds(value: Any) -> int:

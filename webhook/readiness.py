@@ -22,6 +22,7 @@ seconds -> warning text or None, for callers that know the load, such as a simul
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -47,6 +48,7 @@ class LoadEstimate:
     basis: str            # what the figure rests on, shown in the warning
 
 
+@functools.lru_cache(maxsize=1024)
 def parameters_of(model_id: str) -> float | None:
     """Parameters named in a model id (``Qwen/Qwen2-0.5B-Instruct`` -> 0.5e9), or None."""
     moe = _MOE.search(model_id)
@@ -58,6 +60,7 @@ def parameters_of(model_id: str) -> float | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)
 def bytes_per_parameter(model_id: str) -> float:
     if _FOUR_BIT.search(model_id):
         return 0.5
