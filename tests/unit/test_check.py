@@ -255,3 +255,10 @@ def test_readiness_timeout_shorter_than_the_model_load_warns() -> None:
     warned = [r for r in judge(f) if "readinessTimeout 1m" in r.detail]
     assert len(warned) == 1 and warned[0].status == WARN and warned[0].name == "Playground ai/chat"
     assert "504" in warned[0].detail and "readinessTimeout" in warned[0].fix
+
+
+def test_misspelt_annotation_on_a_stored_workload_warns() -> None:
+    f = healthy()
+    f.workloads[0]["metadata"]["annotations"] = {"serverless.llmaz.io/min-replica": "1"}
+    warned = [r for r in judge(f) if "did you mean" in r.detail]
+    assert len(warned) == 1 and warned[0].status == WARN and C.ANN_MIN_REPLICAS in warned[0].detail

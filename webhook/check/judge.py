@@ -19,6 +19,7 @@ from ..models import ModelCatalog
 from ..policy import Policy
 from ..readiness import workload_readiness_warning
 from ..settings import analyze
+from ..spelling import misspelt_annotations
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -382,13 +383,19 @@ def judge_workloads(f: Facts, analysed: list[tuple[dict[str, Any], Any, Any, str
     return out
 
 
-def judge_readiness(f: Facts, analysed: list[tuple[dict[str, Any], Any, Any, str | None]],
-                    policy: Policy) -> list[Result]:
-    """A workload woken by http whose readiness timeout is shorter than its model's load: every cold start
-    would end in 504 (see webhook.readiness)."""
+def judge_advice(f: Facts, analysed: list[tuple[dict[str, Any], Any, Any, str | None]],
+                 policy: Policy) -> list[Result]:
+    """Warnings about managed workloads that work but not as meant: misspelt annotations (ignored, see
+    webhook.spelling), and an http readiness timeout shorter than the model's load, which makes every cold
+    start end in 504 (see webhook.readiness)."""
     models = ModelCatalog(f.models)
     out = []
     for w, an, _, denial in analysed:
+        if an.managed:   # stored before misspelt keys were reported at admission, or admitted with a warning
+            meta = w.get("metadata") or {}
+            for finding in misspelt_annotations(meta.get("annotations") or {}):
+                out.append(Result("workloads", f"{w.get('kind')} {meta.get('namespace')}/{meta.get('name')}",
+                                  WARN, finding.warning(), "fix the annotation key (see docs/api.md)"))
         if not an.managed or denial or an.settings is None:
             continue
         text = workload_readiness_warning(w, an.settings, policy, models)
@@ -414,5 +421,5 @@ def judge_all(f: Facts, policy: Policy, policy_error: str | None) -> list[Result
     results += judge_webhooks(f)
     results += judge_namespaces(f)
     results += judge_workloads(f, analysed)
-    results += judge_readiness(f, analysed, policy)
+    results += judge_advice(f, analysed, policy)
     return results
