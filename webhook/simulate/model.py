@@ -29,6 +29,19 @@ in docs/scaling-report.md ("The model"); the short form:
 * Pods: a new pod holds its GPU from creation and is ready after scheduling + image pull + model load. On scale
   in, pods that are not ready go first (as the ReplicaSet controller ranks them).
 
+Where a replay starts and ends is part of its input, not of the rules (a trace is a slice of a longer life):
+
+* ``start="warm"``: the workload was serving until t = 0 (recent activity): ``max(minReplicas, 1)`` replicas
+  ready and ``lastActiveTime = 0``, so with nothing to do it scales in one cooldown later.
+  ``start="cold"``: at rest since long before t = 0: ``minReplicaCount`` replicas (0 when it scales to zero;
+  the HPA floor of 1 for a plain HPA). ``start="created"``: the object is created at t = 0
+  (``start-at-zero`` and ``initialCooldownPeriod`` apply). Replicas present at t = 0 are ready.
+* ``score_from``: a warm-up. Everything runs from t = 0, but only GPU time after ``score_from`` and requests
+  arriving from then on are counted.
+* ``horizon=None`` (the default): run until every request is served (or failed) and the workload is back at
+  rest, so the last cooldown is billed. A given horizon cuts the replay there; requests still held at the cut
+  are counted as ``cut``, never as failed (unless nothing could ever wake the workload to serve them).
+
 Simplifications (also in the report): requests are served as soon as one replica is ready, with no queueing
 behind busy replicas (``overloaded`` counts requests arriving above the per-replica target instead); service
 time is fixed per request; the scaler's 200 ms stream and 500 ms queue ticks are treated as instant; KEDA's
@@ -40,7 +53,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 # One arrival batch: (time in seconds from the trace start, number of requests, service time in seconds).
@@ -111,13 +124,20 @@ class Result:
     requests: int = 0
     activations: int = 0              # 0 -> 1 scale-ups (cold starts)
     pod_starts: int = 0
-    waited: int = 0                   # requests held for a cold start
-    failed: int = 0                   # readiness timeout exceeded, or never served
+    waited: int = 0                   # requests held for a cold start (failed ones included)
+    failed: int = 0                   # held past the readiness timeout (504), or nothing could ever wake it
+    cut: int = 0                      # still held when a given horizon cut the replay: neither served nor failed
     overloaded: int = 0               # arrived while demand was above ready replicas x target
     peak_replicas: int = 0
     events: int = 0
-    waits: list[tuple[float, int]] = field(default_factory=list)   # (added wait, requests) of served waiters
+    # (added wait, requests) of every request that waited: served ones until served, failed ones until failed
+    waits: list[tuple[float, int]] = field(default_factory=list)
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (time, replicas) at each change
+    scored_from: float = 0.0          # start of the scored period (the warm-up before it is not counted)
+    rest_replicas: int = 0            # replicas at the end of the replay (the workload at rest)
+    rest_gpus: int = 0                # GPUs those replicas hold
+    workload_shares: list[float] = field(default_factory=list)  # waited share of each workload with requests
+    workloads: int = 0                # workloads summed into this result
 
     @property
     def gpu_hours(self) -> float:
@@ -162,6 +182,28 @@ class Result:
     def max_wait(self) -> float:
         return max((w for w, _ in self.waits), default=0.0)
 
+    @property
+    def failed_share(self) -> float:
+        return self.failed / self.requests if self.requests else 0.0
+
+    def workload_share_quantile(self, q: float) -> float:
+        """Waited share of the workload at quantile ``q`` (0.5: the median workload), over the workloads that
+        had requests; the request-weighted share is ``waited_share``."""
+        shares = sorted(self.workload_shares)
+        if not shares:
+            return 0.0
+        return shares[min(len(shares) - 1, max(0, math.ceil(q * len(shares)) - 1))]
+
+    def extend_to(self, end: float) -> "Result":
+        """The same replay run on at rest until ``end`` (so configurations compared on one trace are billed
+        over the same span): the replicas left at the end keep their GPUs."""
+        start = max(self.duration_s, self.scored_from)
+        if end <= self.duration_s:
+            return self
+        extra = max(0.0, end - start)
+        return replace(self, duration_s=end, replica_seconds=self.replica_seconds + self.rest_replicas * extra,
+                       gpu_seconds=self.gpu_seconds + self.rest_gpus * extra)
+
     def merge(self, other: "Result") -> "Result":
         """Sum of two workloads run side by side (a fleet): costs and counts add, peaks add (worst case)."""
         return Result(
@@ -169,9 +211,13 @@ class Result:
             replica_seconds=self.replica_seconds + other.replica_seconds,
             gpu_seconds=self.gpu_seconds + other.gpu_seconds, requests=self.requests + other.requests,
             activations=self.activations + other.activations, pod_starts=self.pod_starts + other.pod_starts,
-            waited=self.waited + other.waited, failed=self.failed + other.failed,
+            waited=self.waited + other.waited, failed=self.failed + other.failed, cut=self.cut + other.cut,
             overloaded=self.overloaded + other.overloaded, peak_replicas=self.peak_replicas + other.peak_replicas,
-            events=self.events + other.events, waits=self.waits + other.waits)
+            events=self.events + other.events, waits=self.waits + other.waits,
+            scored_from=min(self.scored_from, other.scored_from) if self.workloads else other.scored_from,
+            rest_replicas=self.rest_replicas + other.rest_replicas, rest_gpus=self.rest_gpus + other.rest_gpus,
+            workload_shares=self.workload_shares + other.workload_shares,
+            workloads=self.workloads + other.workloads)
 
 
 def _rules(behavior: dict[str, Any] | None, key: str, default: dict[str, Any]) -> dict[str, Any]:
@@ -206,8 +252,9 @@ def _grid_before(x: float, period: float) -> float:
 class _Sim:
     """Mutable state of one replay; ``simulate`` is the pure entry point."""
 
-    def __init__(self, cfg: ScalingConfig, timing: PodTiming, keep_timeline: bool) -> None:
+    def __init__(self, cfg: ScalingConfig, timing: PodTiming, keep_timeline: bool, score_from: float = 0.0) -> None:
         self.cfg = cfg
+        self.sf = score_from
         self.startup = timing.startup_s
         self.keep_timeline = keep_timeline
         self.r = Result()
@@ -233,8 +280,12 @@ class _Sim:
 
     # ------------------------------------------------------------------ bookkeeping
     def _account(self, t: float) -> None:
-        self.r.replica_seconds += self.replicas * (t - self.area_t)
-        self.area_t = t
+        lo = max(self.area_t, self.sf)
+        if t > lo:
+            self.r.replica_seconds += self.replicas * (t - lo)
+            if self.area_t <= self.sf:
+                self.r.peak_replicas = max(self.r.peak_replicas, self.replicas)   # replicas when scoring starts
+        self.area_t = max(self.area_t, t)
         self.now = t
 
     def _set_replicas(self, n: int, t: float) -> None:
@@ -244,7 +295,8 @@ class _Sim:
         if n > self.replicas:
             for _ in range(n - self.replicas):
                 self.starting.append(t + self.startup)
-            self.r.pod_starts += n - self.replicas
+            if t >= self.sf:
+                self.r.pod_starts += n - self.replicas
         else:
             drop = self.replicas - n
             while drop and self.starting:          # not-ready pods are deleted first
@@ -252,7 +304,8 @@ class _Sim:
                 drop -= 1
             self.ready -= drop
         self.replicas = n
-        self.r.peak_replicas = max(self.r.peak_replicas, n)
+        if t >= self.sf:
+            self.r.peak_replicas = max(self.r.peak_replicas, n)
         if self.keep_timeline:
             self.r.timeline.append((t, n))
 
@@ -354,7 +407,8 @@ class _Sim:
 
     def _wake(self, t: float) -> None:
         self._set_replicas(max(self.cfg.min_replicas, 1), t)
-        self.r.activations += 1
+        if t >= self.sf:
+            self.r.activations += 1
         self.last_active = t
         self.wake_at = None
 
@@ -439,9 +493,11 @@ class _Sim:
     # ------------------------------------------------------------------ requests
     def _arrive(self, t: float, n: int, service: float) -> None:
         before = self.demand
-        self.r.requests += n
+        scored = t >= self.sf
+        if scored:
+            self.r.requests += n
         if self.ready > 0:
-            if self.cfg.target is not None and before + n > self.ready * self.cfg.target:
+            if scored and self.cfg.target is not None and before + n > self.ready * self.cfg.target:
                 self.r.overloaded += n
             heapq.heappush(self.inflight, (t + service, n))
             self.inflight_n += n
@@ -457,8 +513,9 @@ class _Sim:
         before = self.demand
         while self.held:
             ta, n, s = self.held.popleft()
-            self.r.waited += n
-            self.r.waits.append((t - ta, n))
+            if ta >= self.sf:
+                self.r.waited += n
+                self.r.waits.append((t - ta, n))
             heapq.heappush(self.inflight, (t + s, n))
             self.inflight_n += n
         self.held_n = 0
@@ -468,21 +525,52 @@ class _Sim:
         before = self.demand
         limit = self.cfg.readiness_timeout_s
         while self.held and self.held[0][0] + limit <= t:
-            _, n, _ = self.held.popleft()
+            ta, n, _ = self.held.popleft()
             self.held_n -= n
-            self.r.waited += n
-            self.r.failed += n
+            if ta >= self.sf:
+                self.r.waited += n
+                self.r.failed += n
+                self.r.waits.append((t - ta, n))
         self._demand_changed(before, t)
 
-    def run(self, arrivals: Sequence[Batch], horizon: float) -> Result:
+    def _settle_s(self) -> float:
+        """How long HPA syncs alone may go on after the last other event before the replay counts the workload
+        as at rest: the stabilisation windows and rate-limit periods have all passed by then."""
+        periods = [p["periodSeconds"] for p in self.up["policies"] + self.down["policies"]]
+        return (max(self.up["stabilizationWindowSeconds"], self.down["stabilizationWindowSeconds"])
+                + max(periods + [0]) + 2 * self.cfg.hpa_sync_s)
+
+    def _start(self, start: str) -> None:
         cfg = self.cfg
+        if start not in ("warm", "cold", "created"):
+            raise ValueError(f"start {start!r}: use warm, cold or created")
         if not cfg.autoscale:
-            self._set_replicas(cfg.min_replicas, 0.0)
-        elif not cfg.start_at_zero or cfg.min_replicas > 0 or not cfg.keda:
-            self._set_replicas(max(cfg.min_replicas, 1), 0.0)
+            n = cfg.min_replicas
+        elif start == "warm" or not cfg.keda:
+            n = max(cfg.min_replicas, 1)
+        elif start == "cold":
+            n = cfg.min_replicas
+        else:
+            n = cfg.min_replicas if cfg.start_at_zero else max(cfg.min_replicas, 1)
+        self._set_replicas(n, 0.0)
         # The workload existed before the trace: replicas present at t=0 are ready.
         self.starting.clear()
         self.ready = self.replicas
+        if start == "warm" and cfg.autoscale and cfg.keda and n > 0:
+            self.last_active = 0.0                      # the last request before the trace ended at t = 0
+
+    def _wakeable(self) -> bool:
+        """Would anything still serve the held requests if the replay went on?"""
+        return bool(self.starting) or self.wake_at is not None or self.ready > 0 or (
+            self.replicas == 0 and self._keda_poll_time() is not None)
+
+    def run(self, arrivals: Sequence[Batch], horizon: float | None, start: str = "cold") -> Result:
+        cfg = self.cfg
+        self._start(start)
+        at_rest = horizon is None
+        stop = math.inf if horizon is None else horizon
+        settle = self._settle_s()
+        busy_until = 0.0                                # time of the last event other than an HPA sync
         i, n_arr = 0, len(arrivals)
         inf = math.inf
         events = 0
@@ -502,10 +590,15 @@ class _Sim:
                     nxt = self.hpa_last + cfg.hpa_sync_s
                 t_hpa = nxt
             t_edge = self._next_cron_edge()
+            t_other = min(t_done, t_ready, t_fail, t_wake, t_poll, t_edge, t_arr)
+            if at_rest and t_other == inf and t_hpa > busy_until + settle:
+                break                                   # only syncs that change nothing are left: at rest
             t_int = min(t_done, t_ready, t_fail, t_wake, t_poll, t_hpa, t_edge)
             t = min(t_int, t_arr)
-            if t == inf or t > horizon:
+            if t == inf or t > stop:
                 break
+            if t < t_hpa:
+                busy_until = t
             events += 1
             self._account(t)
             if t_done == t:
@@ -539,19 +632,37 @@ class _Sim:
                 a = arrivals[i]
                 i += 1
                 self._arrive(a[0], a[1], a[2])
-        self._account(horizon)
-        self.r.failed += self.held_n               # still held at the end: never served
-        self.r.waited += self.held_n
-        self.r.duration_s = horizon
+        last_arrival = arrivals[-1][0] if arrivals else 0.0
+        end = max(self.now, last_arrival, self.sf) if at_rest else stop
+        self._account(end)
+        never = not self._wakeable()
+        for ta, n, _ in self.held:
+            if ta < self.sf:
+                continue
+            if never:                               # nothing would ever serve it: failed
+                self.r.failed += n
+                self.r.waited += n
+                self.r.waits.append((end - ta, n))
+            else:                                   # cut by the horizon: neither served nor failed
+                self.r.cut += n
+        self.r.duration_s = end
+        self.r.scored_from = self.sf
         self.r.gpu_seconds = self.r.replica_seconds * cfg.gpus_per_replica
+        self.r.rest_replicas = self.replicas
+        self.r.rest_gpus = self.replicas * cfg.gpus_per_replica
+        self.r.workloads = 1
+        if self.r.requests:
+            self.r.workload_shares = [self.r.waited / self.r.requests]
         self.r.events = events
         return self.r
 
 
 def simulate(arrivals: Sequence[Batch], config: ScalingConfig, timing: PodTiming = PodTiming(),
-             horizon: float | None = None, keep_timeline: bool = False) -> Result:
-    """Replay ``arrivals`` (sorted by time) against ``config``; figures up to ``horizon`` seconds (default:
-    the last arrival). Pure and deterministic."""
-    if horizon is None:
-        horizon = arrivals[-1][0] if arrivals else 0.0
-    return _Sim(config, timing, keep_timeline).run(arrivals, horizon)
+             horizon: float | None = None, keep_timeline: bool = False, start: str = "cold",
+             score_from: float = 0.0) -> Result:
+    """Replay ``arrivals`` (sorted by time) against ``config``. Pure and deterministic.
+
+    ``horizon``: None runs until every request is served and the workload is at rest; a number cuts there.
+    ``start``: ``warm``, ``cold`` or ``created`` (see the module docstring). ``score_from``: the warm-up; only
+    what happens from then on is counted."""
+    return _Sim(config, timing, keep_timeline, score_from).run(arrivals, horizon, start)

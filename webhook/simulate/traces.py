@@ -22,9 +22,14 @@ from typing import Callable, Iterable, Iterator
 
 from .model import Batch
 
-FORMATS = ("auto", "timestamps-csv", "jsonl", "counts-csv", "rates-csv", "azure-functions", "servegen",
-           "servegen-clients", "azure-llm")
+FORMATS = ("auto", "timestamps-csv", "jsonl", "counts-csv", "rates-csv", "azure-functions", "azure-functions-2021",
+           "servegen", "servegen-clients", "azure-llm")
 SERVEGEN_WINDOW_S = 600.0
+TIME_UNITS = ("auto", "s", "ms", "us", "ns")
+_UNIT_S = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+MAX_SPAN_S = 400 * 86400.0          # a replay longer than this is a unit mistake, not a trace
+MAX_GENERATED = 20_000_000          # arrivals drawn from counts or rates, per file
+MAX_REQUESTS_PER_ROW = 1e12         # a count or a rate x window above this is not a workload
 
 
 class TraceError(Exception):
@@ -81,6 +86,25 @@ class Trace:
         return Trace(self.name, arr, end - start, origin, self.source, list(self.notes))
 
 
+def _finite(path: str, line: int | None, what: str, value: float, low: float = 0.0) -> float:
+    """Refuse nan, inf and values below ``low`` with one line."""
+    if not math.isfinite(value) or value < low:
+        raise TraceError(path, line, f"{what} {value!r} is not a finite number >= {low:g}",
+                         "fix or drop that row")
+    return value
+
+
+def _epoch_unit(smallest: float) -> str:
+    """Epoch timestamps give away their unit by magnitude: 2001-2286 is 1e9-1e10 s, 1e12-1e13 ms, ..."""
+    if smallest >= 1e17:
+        return "ns"
+    if smallest >= 1e14:
+        return "us"
+    if smallest >= 1e11:
+        return "ms"
+    return "s"
+
+
 def _empty(path: str, trace: Trace) -> Trace:
     if not trace.arrivals:
         raise TraceError(path, None, "the trace has no requests", "give a trace with at least one request")
@@ -93,38 +117,78 @@ _FRACTION = re.compile(r"(\.\d{6})\d+")
 
 
 def parse_time(raw: str) -> float | dt.datetime:
-    """Seconds (a number) or an ISO-8601 date-time (fractions beyond microseconds are cut)."""
+    """A number (seconds unless the unit says otherwise) or an ISO-8601 date-time (fractions beyond
+    microseconds are cut). nan and inf are refused."""
     raw = raw.strip()
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(value):
+            raise ValueError(f"timestamp {raw!r} is not a finite number")
+        return value
     value = dt.datetime.fromisoformat(_FRACTION.sub(r"\1", raw.replace("Z", "+00:00")))
     return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
-def _rebase(path: str, rows: list[tuple[int, float | dt.datetime, float]], name: str, source: str) -> Trace:
+def _rebase(path: str, rows: list[tuple[int, float | dt.datetime, float]], name: str, source: str,
+            unit: str = "auto", unit_hint: tuple[str, str] | None = None) -> Trace:
+    """Arrivals relative to the first one. Numeric timestamps are read in ``unit``; ``auto`` takes the unit
+    the data states (``unit_hint``: unit and why) or, for epoch timestamps, the one their magnitude gives."""
     if not rows:
         raise TraceError(path, None, "the trace has no requests", "give a trace with at least one request")
     kinds = {isinstance(r[1], dt.datetime) for r in rows}
     if len(kinds) > 1:
         raise TraceError(path, rows[0][0], "timestamps mix numbers and date-times", "use one kind throughout")
     origin = None
+    notes = []
     if isinstance(rows[0][1], dt.datetime):
         first = min(r[1] for r in rows)  # type: ignore[type-var]
         origin = first  # type: ignore[assignment]
         secs = [((r[1] - first).total_seconds(), r[2]) for r in rows]  # type: ignore[operator]
     else:
         first_s = min(float(r[1]) for r in rows)  # type: ignore[arg-type]
-        secs = [(float(r[1]) - first_s, r[2]) for r in rows]  # type: ignore[arg-type]
+        if unit == "auto":
+            if unit_hint is not None:
+                unit, why = unit_hint
+            else:
+                unit, why = _epoch_unit(first_s), "their epoch magnitude"
+            if first_s >= 1e9 or unit_hint is not None:
+                notes.append(f"numeric timestamps read in {unit} ({why}; --time-unit overrides)")
+            else:
+                unit = "s"
+        scale = _UNIT_S[unit]
+        if first_s >= 1e9 and first_s * scale >= 1e9:
+            origin = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=first_s * scale)
+        secs = [((float(r[1]) - first_s) * scale, r[2]) for r in rows]  # type: ignore[arg-type]
     secs.sort()
+    span = secs[-1][0]
+    if span > MAX_SPAN_S:
+        last = max(rows, key=lambda r: r[1] if isinstance(r[1], float) else 0.0)[0] if origin is None else None
+        raise TraceError(path, last, f"the timestamps span {span / 86400:,.0f} days, more than the "
+                         f"{MAX_SPAN_S / 86400:.0f} a replay covers", "check for a stray value or the unit "
+                         "(--time-unit ms, us or ns)")
     arrivals = [(t, 1, s) for t, s in secs]
-    return Trace(name, arrivals, arrivals[-1][0] + 1.0, origin, source)  # type: ignore[arg-type]
+    return Trace(name, arrivals, arrivals[-1][0] + 1.0, origin, source, notes)  # type: ignore[arg-type]
 
 
 _TS_NAMES = ("timestamp", "time", "ts", "arrival", "arrival_time")
-_CTX_NAMES = ("contexttokens", "context_tokens", "input_tokens", "prompt_tokens")
-_GEN_NAMES = ("generatedtokens", "generated_tokens", "output_tokens", "completion_tokens")
+_CTX_NAMES = ("contexttokens", "context_tokens", "input_tokens", "prompt_tokens", "input_length")
+_GEN_NAMES = ("generatedtokens", "generated_tokens", "output_tokens", "completion_tokens", "output_length")
+_SVC_NAMES = ("service_s", "duration_s")
+
+
+def _service_note(tr: Trace, tokens: bool, given: bool, service: ServiceModel) -> Trace:
+    if given:
+        tr.notes.append("service time per request from the trace's service_s/duration_s column")
+    elif tokens:
+        tr.notes.append(f"service time from token counts: context / {service.prefill_tokens_per_s:g} tokens/s "
+                        f"+ {service.decode_s_per_token:g} s per generated token")
+    else:
+        tr.notes.append(f"no token counts or durations in the trace: every request takes --service-time "
+                        f"({service.default_s:g} s)")
+    return tr
 
 
 def _pick(header: list[str], names: Iterable[str]) -> int | None:
@@ -135,7 +199,7 @@ def _pick(header: list[str], names: Iterable[str]) -> int | None:
     return None
 
 
-def read_timestamps_csv(path: str, service: ServiceModel, column: str | None = None) -> Trace:
+def read_timestamps_csv(path: str, service: ServiceModel, column: str | None = None, unit: str = "auto") -> Trace:
     """One request per row; a timestamp column (seconds or date-time), optional token or service columns."""
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
@@ -148,16 +212,17 @@ def read_timestamps_csv(path: str, service: ServiceModel, column: str | None = N
             raise TraceError(path, 1, f"no timestamp column ({want}) in header {header}",
                              "name the column of arrival times 'timestamp' or pass --time-column")
         ctx, gen = _pick(header, _CTX_NAMES), _pick(header, _GEN_NAMES)
-        svc = _pick(header, ("service_s", "duration_s"))
+        svc = _pick(header, _SVC_NAMES)
         rows = []
         for lineno, row in enumerate(reader, start=2):
             if not row:
                 continue
             try:
                 t = parse_time(row[ts])
-                c = float(row[ctx]) if ctx is not None else None
-                g = float(row[gen]) if gen is not None else None
-                s = float(row[svc]) if svc is not None else service.of(c, g)
+                c = _finite(path, lineno, "token count", float(row[ctx])) if ctx is not None else None
+                g = _finite(path, lineno, "token count", float(row[gen])) if gen is not None else None
+                s = (_finite(path, lineno, "service time", float(row[svc])) if svc is not None
+                     else service.of(c, g))
             except IndexError:
                 raise TraceError(path, lineno, f"row has {len(row)} fields, the header {len(header)}",
                                  "give every row the header's columns") from None
@@ -165,12 +230,19 @@ def read_timestamps_csv(path: str, service: ServiceModel, column: str | None = N
                 raise TraceError(path, lineno, f"cannot read {row!r}: {exc}",
                                  "write seconds (12.5) or ISO date-times (2023-11-16 18:15:46.68)") from None
             rows.append((lineno, t, s))
-    return _rebase(path, rows, os.path.basename(path), "per-request timestamps")
+    tr = _rebase(path, rows, os.path.basename(path), "per-request timestamps", unit)
+    return _service_note(tr, ctx is not None or gen is not None, svc is not None, service)
 
 
-def read_jsonl(path: str, service: ServiceModel) -> Trace:
-    """One JSON object per line with ``timestamp`` and optional token counts or ``service_s``."""
+def read_jsonl(path: str, service: ServiceModel, unit: str = "auto") -> Trace:
+    """One JSON object per line with ``timestamp`` and optional token counts or ``service_s``.
+
+    Mooncake's public traces (kvcache-ai/Mooncake, ``{"timestamp", "input_length", "output_length",
+    "hash_ids"}``) give the arrival in milliseconds since the first request: a line with ``hash_ids`` or with
+    both length fields is read as Mooncake's."""
     rows = []
+    mooncake = False
+    tokens = given = False
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -186,16 +258,23 @@ def read_jsonl(path: str, service: ServiceModel) -> Trace:
                 unknown = ", ".join(sorted(doc)) or "none"
                 raise TraceError(path, lineno, f"no timestamp field (fields: {unknown})",
                                  'add "timestamp": seconds or an ISO date-time')
+            mooncake = mooncake or "hash_ids" in doc or ("input_length" in doc and "output_length" in doc)
             try:
                 t = parse_time(str(doc[key]))
-                c = next((float(doc[k]) for k in _CTX_NAMES if k in doc), None)
-                g = next((float(doc[k]) for k in _GEN_NAMES if k in doc), None)
-                s = float(doc["service_s"]) if "service_s" in doc else service.of(c, g)
+                c = next((_finite(path, lineno, "token count", float(doc[k])) for k in _CTX_NAMES if k in doc), None)
+                g = next((_finite(path, lineno, "token count", float(doc[k])) for k in _GEN_NAMES if k in doc), None)
+                tokens = tokens or c is not None or g is not None
+                given = given or "service_s" in doc
+                s = (_finite(path, lineno, "service time", float(doc["service_s"])) if "service_s" in doc
+                     else service.of(c, g))
             except (ValueError, TypeError) as exc:
                 raise TraceError(path, lineno, f"cannot read {line.strip()!r}: {exc}",
                                  "write seconds (12.5) or ISO date-times, and numbers for token counts") from None
             rows.append((lineno, t, s))
-    return _rebase(path, rows, os.path.basename(path), "per-request JSON lines")
+    hint = ("ms", "Mooncake trace: timestamp is milliseconds since the first request") if mooncake else None
+    tr = _rebase(path, rows, os.path.basename(path), "Mooncake trace" if mooncake else "per-request JSON lines",
+                 unit, hint)
+    return _service_note(tr, tokens, given, service)
 
 
 def _numeric_rows(path: str, need: tuple[str, ...], optional: tuple[str, ...]) -> list[tuple[int, dict[str, float]]]:
@@ -215,10 +294,16 @@ def _numeric_rows(path: str, need: tuple[str, ...], optional: tuple[str, ...]) -
             if not row:
                 continue
             try:
-                out.append((lineno, {h: float(v) for h, v in zip(header, row, strict=True)}))
+                values = {h: float(v) for h, v in zip(header, row, strict=True)}
             except ValueError as exc:
                 raise TraceError(path, lineno, f"cannot read {row!r}: {exc}",
                                  "every field must be a number (seconds, counts, requests/s)") from None
+            for h, v in values.items():
+                _finite(path, lineno, h, v)
+                if h == "start" and abs(v) > MAX_SPAN_S:
+                    raise TraceError(path, lineno, f"start {v:g} s is more than {MAX_SPAN_S / 86400:.0f} days "
+                                     "from 0", "give window starts in seconds from the trace start")
+            out.append((lineno, values))
         return out
 
 
@@ -231,15 +316,26 @@ def _per_window(path: str, service: ServiceModel, seed: int, column: str, defaul
     rng = random.Random(f"{seed}:{os.path.basename(path)}")
     arrivals: list[Batch] = []
     end = 0.0
+    expected = 0.0
     for lineno, r in rows:
         problem = check(r[column])
         if problem:
             raise TraceError(path, lineno, *problem)
         width = r.get("duration", default_width)
+        if width <= 0:
+            raise TraceError(path, lineno, f"duration {width:g} is not > 0", "give each window a length in seconds")
+        expected += r[column] * (width if column == "rate" else 1)
+        if expected > MAX_GENERATED:
+            raise TraceError(path, lineno, f"the rows up to here ask for about {expected:,.0f} requests, more than "
+                             f"the {MAX_GENERATED:,} the simulator generates from one file",
+                             "lower the rate or count, or replay a shorter part of the trace")
         arrivals.extend((t, 1, service.default_s) for t in times(rng, r["start"], width, r[column]))
         end = max(end, r["start"] + width)
     arrivals.sort()
-    return _empty(path, Trace(os.path.basename(path), arrivals, end, None, source))
+    tr = Trace(os.path.basename(path), arrivals, end, None, source,
+               [f"arrivals generated from {column}s (seeded); every request takes --service-time "
+                f"({service.default_s:g} s)"])
+    return _empty(path, tr)
 
 
 def read_counts_csv(path: str, service: ServiceModel, seed: int, interval_s: float = 60.0) -> Trace:
@@ -271,47 +367,152 @@ def read_rates_csv(path: str, service: ServiceModel, seed: int, window_s: float 
 
 # ------------------------------------------------------------------------------------------ public traces
 
+_AF_HASHES = ("hashowner", "hashapp", "hashfunction")
+
+
+def _af_durations(run: str) -> dict[tuple[str, str, str], float]:
+    """Average duration (ms -> s) per (owner, app, function) from a ``*_run.csv`` /
+    ``function_durations_percentiles.*.csv`` file, when it exists."""
+    out: dict[tuple[str, str, str], float] = {}
+    if not os.path.exists(run):
+        return out
+    with open(run, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            try:
+                avg = float(row["Average"]) / 1000.0
+            except (KeyError, TypeError, ValueError):
+                continue
+            if math.isfinite(avg) and avg >= 0:
+                out[(row.get("HashOwner", ""), row.get("HashApp", ""), row.get("HashFunction", ""))] = avg
+    return out
+
+
+def _af_files(path: str) -> tuple[str, str]:
+    """(invocations file, durations file) for a file or a directory holding either layout."""
+    if os.path.isdir(path):
+        names = sorted(os.listdir(path))
+        inv = next((n for n in names if n.endswith("_inv.csv")), None) or next(
+            (n for n in names if n.startswith("invocations_per_function_md")), None)
+        if inv is None:
+            raise TraceError(path, None, "no Azure Functions invocation file (*_inv.csv or "
+                             "invocations_per_function_md.anon.dNN.csv)", "pass the file itself")
+        path = os.path.join(path, inv)
+    base = os.path.basename(path)
+    if base.endswith("_inv.csv"):
+        return path, path[: -len("_inv.csv")] + "_run.csv"
+    m = re.match(r"invocations_per_function_md\.anon\.(d\d+)\.csv$", base)
+    run = os.path.join(os.path.dirname(path), f"function_durations_percentiles.anon.{m.group(1)}.csv") if m else ""
+    return path, run
+
+
+def _spread(rng: random.Random, base: float, count: int, svc: float) -> list[Batch]:
+    """``count`` invocations of one minute: uniform times when few; above 60, whole seconds each get their
+    share (the remainder in random seconds), so a busy function costs at most 60 batches a minute."""
+    if count <= 60:
+        return sorted((base + rng.random() * 60.0, 1, svc) for _ in range(count))
+    each, extra = divmod(count, 60)
+    more = set(rng.sample(range(60), extra))
+    return [(base + s, each + (s in more), svc) for s in range(60)]
+
+
 def read_azure_functions(path: str, seed: int, limit: int | None = None) -> list[Trace]:
-    """Azure Functions 2019 sample: every function of ``*_inv.csv`` is one workload; invocations are spread
-    uniformly inside their minute (seeded); service time is the function's average duration from the
-    matching ``*_run.csv`` (joined on the hash columns)."""
-    inv = path if path.endswith(".csv") else os.path.join(path, "1350_inv.csv")
-    run = inv.replace("_inv.csv", "_run.csv")
-    durations: dict[str, float] = {}
-    if os.path.exists(run):
-        with open(run, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            for row in reader:
-                try:
-                    durations[row["HashFunction"]] = float(row["Average"]) / 1000.0
-                except (KeyError, ValueError):
-                    continue
+    """Azure Functions 2019 per-minute invocation counts: every function is one workload.
+
+    Two layouts: the public dataset's own (``invocations_per_function_md.anon.dNN.csv``:
+    ``HashOwner,HashApp,HashFunction,Trigger,1,...,1440``) and the invitro sample's (``1350_inv.csv``:
+    ``HashFunction,HashOwner,HashApp,1,...,1440``). Columns are found by name, and any subset of minute columns
+    is read (a minute's number is its column name; t = 0 is the first minute given, which keeps its time of
+    day). Invocations are spread uniformly inside their minute (seeded); service time is the function's average
+    duration from the matching durations file (joined on the three hashes), else 1 s."""
+    inv, run = _af_files(path)
+    durations = _af_durations(run)
     traces = []
     with open(inv, newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
-        header = next(reader, None) or []
-        if not header or header[0] != "HashFunction":
-            raise TraceError(inv, 1, "not an Azure Functions invocation file (first column is not HashFunction)",
-                             "pass the 1350_inv.csv of the Azure Functions 2019 trace, or another --format")
-        minutes = len(header) - 3
+        header = [h.strip() for h in next(reader, None) or []]
+        low = [h.lower() for h in header]
+        if not all(h in low for h in _AF_HASHES):
+            raise TraceError(inv, 1, "not an Azure Functions invocation file (no HashOwner, HashApp and "
+                             "HashFunction columns)", "pass an invocations_per_function_md.anon.dNN.csv or "
+                             "1350_inv.csv file, or another --format")
+        iown, iapp, ifun = (low.index(h) for h in _AF_HASHES)
+        minutes = [(i, int(h)) for i, h in enumerate(header) if h.isdigit()]
+        if not minutes or any(not 1 <= m <= 1440 for _, m in minutes):
+            raise TraceError(inv, 1, "the minute columns must be named 1 to 1440", "keep the dataset's header")
+        first = min(m for _, m in minutes)
+        span = (max(m for _, m in minutes) - first + 1) * 60.0
+        origin = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=first - 1)
+        total = 0
         for lineno, row in enumerate(reader, start=2):
+            if not row:
+                continue
             if limit is not None and len(traces) >= limit:
                 break
-            name = row[0]
-            svc = durations.get(name, 1.0)
-            rng = random.Random(f"{seed}:{name}")
-            arrivals: list[Batch] = []
             try:
-                counts = [int(c) for c in row[3:]]
+                key = (row[iown], row[iapp], row[ifun])
+                counts = [(m, int(row[i])) for i, m in minutes]
+            except IndexError:
+                raise TraceError(inv, lineno, f"row has {len(row)} fields, the header {len(header)}",
+                                 "give every row the header's columns") from None
             except ValueError as exc:
-                raise TraceError(inv, lineno, f"cannot read a minute count: {exc}", "counts must be integers") from None
-            for m, c in enumerate(counts):
+                raise TraceError(inv, lineno, f"cannot read a minute count: {exc}", "counts are whole numbers") from None
+            if any(c < 0 for _, c in counts):
+                raise TraceError(inv, lineno, "a negative minute count", "counts are whole numbers >= 0")
+            total += sum(c for _, c in counts)
+            if total > 50 * MAX_GENERATED:
+                raise TraceError(inv, lineno, f"more than {50 * MAX_GENERATED:,} invocations up to here",
+                                 "replay fewer functions with --limit")
+            svc = durations.get(key, 1.0)
+            rng = random.Random(f"{seed}:{key[2]}")
+            arrivals: list[Batch] = []
+            for m, c in sorted(counts):
                 if c:
-                    base = m * 60.0
-                    arrivals.extend(sorted((base + rng.random() * 60.0, 1, svc) for _ in range(c)))
-            traces.append(Trace(name[:12], arrivals, minutes * 60.0, None, "Azure Functions 2019 (invitro sample)"))
+                    arrivals.extend(_spread(rng, (m - first) * 60.0, c, svc))
+            traces.append(Trace(key[2][:12], arrivals, span, origin, "Azure Functions 2019 (per-minute counts)",
+                                ["service time: each function's average duration from the durations file"
+                                 if durations else "no durations file next to the invocations: 1 s per call"]))
     if not traces:
-        raise TraceError(inv, None, "the trace has no functions", "pass the full 1350_inv.csv")
+        raise TraceError(inv, None, "the trace has no functions", "pass the whole invocations file")
+    return traces
+
+
+def read_azure_functions_2021(path: str, limit: int | None = None) -> list[Trace]:
+    """Azure Functions 2021 per-invocation trace (``app,func,end_timestamp,duration``, seconds from the trace
+    start; AzurePublicDataset ``AzureFunctionsInvocationTraceForTwoWeeksJan2021``): every function (app +
+    func) is one workload, each invocation arrives at ``end_timestamp - duration`` and takes ``duration``."""
+    per: dict[tuple[str, str], list[Batch]] = {}
+    end = 0.0
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = [h.strip().lower() for h in next(reader, None) or []]
+        need = ("app", "func", "end_timestamp", "duration")
+        if not all(n in header for n in need):
+            raise TraceError(path, 1, f"header {header} is not app,func,end_timestamp,duration",
+                             "pass the 2021 invocation trace, or another --format")
+        ia, ifn, ie, idur = (header.index(n) for n in need)
+        for lineno, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            try:
+                e, d = float(row[ie]), float(row[idur])
+            except (IndexError, ValueError):
+                raise TraceError(path, lineno, f"cannot read {row!r}", "end_timestamp and duration are seconds") from None
+            _finite(path, lineno, "end_timestamp", e)
+            _finite(path, lineno, "duration", d)
+            if e > MAX_SPAN_S:
+                raise TraceError(path, lineno, f"end_timestamp {e:g} s is more than {MAX_SPAN_S / 86400:.0f} days",
+                                 "end_timestamp is seconds from the trace start")
+            key = (row[ia], row[ifn])
+            if key not in per:
+                if limit is not None and len(per) >= limit:
+                    continue
+                per[key] = []
+            per[key].append((max(0.0, e - d), 1, d))
+            end = max(end, e)
+    traces = [Trace(f[:12], sorted(a), end, None, "Azure Functions 2021 (per invocation)",
+                    ["service time: each invocation's own duration"]) for (_, f), a in per.items()]
+    if not traces:
+        raise TraceError(path, None, "the trace has no invocations", "pass the whole trace file")
     return traces
 
 
@@ -408,8 +609,13 @@ def read_servegen_clients(path: str, seed: int, service: ServiceModel, limit: in
 
 
 def read_azure_llm(path: str, service: ServiceModel) -> Trace:
+    """Azure LLM inference traces (2023: ``AzureLLMInferenceTrace_{conv,code}.csv``; 2024 has the same
+    columns): the service is named from the file, never assumed."""
     tr = read_timestamps_csv(path, service, column="TIMESTAMP")
-    tr.source = "Azure LLM inference 2023 (conversation)"
+    base = os.path.basename(path).lower()
+    kind = " (code)" if "code" in base else " (conversation)" if "conv" in base else ""
+    year = next((y for y in ("2023", "2024") if y in base), "")
+    tr.source = f"Azure LLM inference{' ' + year if year else ''}{kind}"
     return tr
 
 
@@ -417,7 +623,7 @@ def detect_format(path: str) -> str:
     if os.path.isdir(path):
         if any(re.fullmatch(r"chunk-\d+-trace\.csv", f) for f in os.listdir(path)):
             return "servegen"
-        if os.path.exists(os.path.join(path, "1350_inv.csv")):
+        if any(f.endswith("_inv.csv") or f.startswith("invocations_per_function_md") for f in os.listdir(path)):
             return "azure-functions"
         raise TraceError(path, None, "a directory that is neither a ServeGen model nor the Azure Functions trace",
                          "pass a file, or --format")
@@ -428,8 +634,10 @@ def detect_format(path: str) -> str:
     with open(path, encoding="utf-8") as fh:
         first = fh.readline().strip().lower()
     cols = [c.strip() for c in first.split(",")]
-    if cols and cols[0] == "hashfunction":
+    if all(h in cols for h in _AF_HASHES):
         return "azure-functions"
+    if all(h in cols for h in ("app", "func", "end_timestamp", "duration")):
+        return "azure-functions-2021"
     if "contexttokens" in cols and "timestamp" in cols:
         return "azure-llm"
     if "count" in cols:
@@ -443,15 +651,21 @@ def detect_format(path: str) -> str:
 
 
 def load(path: str, fmt: str = "auto", seed: int = 1, service: ServiceModel = ServiceModel(),
-         time_column: str | None = None, limit: int | None = None) -> list[Trace]:
+         time_column: str | None = None, limit: int | None = None, time_unit: str = "auto") -> list[Trace]:
     """Read ``path`` in ``fmt``; a list because one file may hold many workloads (Azure Functions)."""
     if not os.path.exists(path):
         raise TraceError(path, None, "no such file or directory", "check the --trace path")
+    if time_unit not in TIME_UNITS:
+        raise TraceError(path, None, f"unknown time unit {time_unit!r}", f"use one of {', '.join(TIME_UNITS)}")
+    if limit is not None and limit < 1:
+        raise TraceError(path, None, f"--limit {limit} is not >= 1", "give the number of workloads to replay")
     try:
         if fmt == "auto":
             fmt = detect_format(path)
         if fmt == "azure-functions":
             return read_azure_functions(path, seed, limit)
+        if fmt == "azure-functions-2021":
+            return read_azure_functions_2021(path, limit)
         if fmt == "servegen":
             return [read_servegen(path, seed, service)]
         if fmt == "servegen-clients":
@@ -459,9 +673,9 @@ def load(path: str, fmt: str = "auto", seed: int = 1, service: ServiceModel = Se
         if fmt == "azure-llm":
             return [read_azure_llm(path, service)]
         if fmt == "timestamps-csv":
-            return [read_timestamps_csv(path, service, time_column)]
+            return [read_timestamps_csv(path, service, time_column, time_unit)]
         if fmt == "jsonl":
-            return [read_jsonl(path, service)]
+            return [read_jsonl(path, service, time_unit)]
         if fmt == "counts-csv":
             return [read_counts_csv(path, service, seed)]
         if fmt == "rates-csv":
