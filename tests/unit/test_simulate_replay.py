@@ -117,9 +117,14 @@ def test_warm_start_serves_the_first_request_and_scales_in_one_cooldown_later():
     assert warm.timeline == [(0.0, 1), (615, 0)] and warm.replica_seconds == pytest.approx(615)
     cold = simulate([(0.0, 1, 5.0)], ZERO, T, start="cold")
     assert cold.waited == 1 and cold.activations == 1
-    # with nothing to do, a warm workload goes to zero one cooldown in, a cold one never starts
-    assert simulate([], ZERO, T, start="warm", keep_timeline=True).timeline == [(0.0, 1), (615, 0)]
-    assert simulate([], ZERO, T, start="cold").replica_seconds == 0
+    # first request within the cooldown: warm at t = 0, billed from 0, served at once
+    r = simulate([(500.0, 1, 5.0)], ZERO, T, start="warm", keep_timeline=True)
+    assert r.waited == 0 and r.timeline == [(0.0, 1), (1110, 0)]
+    # an idle opening longer than the cooldown (or no request at all): at rest, as it would be by then
+    late = simulate([(700.0, 1, 5.0)], ZERO, T, start="warm")
+    assert late.waited == 1 and late.replica_seconds == pytest.approx(simulate([(700.0, 1, 5.0)], ZERO, T,
+                                                                               start="cold").replica_seconds)
+    assert simulate([], ZERO, T, start="warm").replica_seconds == 0
 
 
 def test_default_end_is_back_at_rest_and_nothing_cut_is_failed():

@@ -31,8 +31,11 @@ in docs/scaling-report.md ("The model"); the short form:
 
 Where a replay starts and ends is part of its input, not of the rules (a trace is a slice of a longer life):
 
-* ``start="warm"``: the workload was serving until t = 0 (recent activity): ``max(minReplicas, 1)`` replicas
-  ready and ``lastActiveTime = 0``, so with nothing to do it scales in one cooldown later.
+* ``start="warm"``: the steady state before the first request. The workload was serving until t = 0 (recent
+  activity): ``max(minReplicas, 1)`` replicas ready and ``lastActiveTime = 0``, so with nothing to do it
+  scales in one cooldown later. When the trace opens with an idle stretch longer than the cooldown (or has
+  no request at all), the workload would be at rest by its first request whatever came before, so it starts
+  at rest instead of being billed for a cooldown that serves nobody.
   ``start="cold"``: at rest since long before t = 0: ``minReplicaCount`` replicas (0 when it scales to zero;
   the HPA floor of 1 for a plain HPA). ``start="created"``: the object is created at t = 0
   (``start-at-zero`` and ``initialCooldownPeriod`` apply). Replicas present at t = 0 are ready.
@@ -540,10 +543,12 @@ class _Sim:
         return (max(self.up["stabilizationWindowSeconds"], self.down["stabilizationWindowSeconds"])
                 + max(periods + [0]) + 2 * self.cfg.hpa_sync_s)
 
-    def _start(self, start: str) -> None:
+    def _start(self, start: str, first_arrival: float) -> None:
         cfg = self.cfg
         if start not in ("warm", "cold", "created"):
             raise ValueError(f"start {start!r}: use warm, cold or created")
+        if start == "warm" and cfg.keda and first_arrival > cfg.cooldown_s:
+            start = "cold"                              # idle for longer than the cooldown: at rest by then
         if not cfg.autoscale:
             n = cfg.min_replicas
         elif start == "warm" or not cfg.keda:
@@ -566,7 +571,7 @@ class _Sim:
 
     def run(self, arrivals: Sequence[Batch], horizon: float | None, start: str = "cold") -> Result:
         cfg = self.cfg
-        self._start(start)
+        self._start(start, arrivals[0][0] if arrivals else math.inf)
         at_rest = horizon is None
         stop = math.inf if horizon is None else horizon
         settle = self._settle_s()

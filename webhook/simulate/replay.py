@@ -2,10 +2,12 @@
 
 A trace is a slice of a workload's life, so both ends are choices, and they must not decide the answer:
 
-* start ``warm`` (the default): the workload served a request just before the trace began, so it has
-  ``max(minReplicas, 1)`` ready replicas and its cooldown runs from t = 0. ``cold``: it has been idle for
-  long (0 replicas when it scales to zero). Starting every trace cold makes the first request of every slice
-  a cold start that the real workload, running for weeks, mostly would not have.
+* start ``warm`` (the default): the steady state the settings would have before the first request. The
+  workload served a request just before the trace began, so it has ``max(minReplicas, 1)`` ready replicas
+  and its cooldown runs from t = 0; but when the trace opens with an idle stretch longer than the cooldown (or
+  has no request), it would be at rest by then whatever came before, so it starts at rest. ``cold``: idle
+  for long (0 replicas when it scales to zero). Starting every trace cold makes the first request of every
+  slice a cold start that the real workload, running for weeks, mostly would not have.
 * warm-up: the first ``warm_up_s`` seconds are replayed but not counted (neither GPU time nor requests), so the
   scored part starts from the state the trace itself leads to.
 * end: by default the replay runs until the last request is served and the workload is back at rest (the

@@ -420,7 +420,7 @@ def read_azure_functions(path: str, seed: int, limit: int | None = None) -> list
 
     Two layouts: the public dataset's own (``invocations_per_function_md.anon.dNN.csv``:
     ``HashOwner,HashApp,HashFunction,Trigger,1,...,1440``) and the invitro sample's (``1350_inv.csv``:
-    ``HashFunction,HashOwner,HashApp,1,...,1440``). Columns are found by name, and any subset of minute columns
+    ``HashFunction,HashOwner,HashApp,minute_1,...,minute_1440``). Columns are found by name, and any subset of minute columns
     is read (a minute's number is its column name; t = 0 is the first minute given, which keeps its time of
     day). Invocations are spread uniformly inside their minute (seeded); service time is the function's average
     duration from the matching durations file (joined on the three hashes), else 1 s."""
@@ -436,9 +436,10 @@ def read_azure_functions(path: str, seed: int, limit: int | None = None) -> list
                              "HashFunction columns)", "pass an invocations_per_function_md.anon.dNN.csv or "
                              "1350_inv.csv file, or another --format")
         iown, iapp, ifun = (low.index(h) for h in _AF_HASHES)
-        minutes = [(i, int(h)) for i, h in enumerate(header) if h.isdigit()]
+        minutes = [(i, int(m.group(1))) for i, h in enumerate(low) if (m := re.fullmatch(r"(?:minute_)?(\d+)", h))]
         if not minutes or any(not 1 <= m <= 1440 for _, m in minutes):
-            raise TraceError(inv, 1, "the minute columns must be named 1 to 1440", "keep the dataset's header")
+            raise TraceError(inv, 1, "the minute columns must be named 1 to 1440 (or minute_1 to minute_1440)",
+                             "keep the dataset's header")
         first = min(m for _, m in minutes)
         span = (max(m for _, m in minutes) - first + 1) * 60.0
         origin = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=first - 1)
