@@ -263,3 +263,20 @@ def test_plot_without_matplotlib_fails_before_reading_the_trace(tmp_path, capsys
                            "--plot", str(tmp_path / "x.png")]) == 2
         err = capsys.readouterr().err
         assert "pip install '.[plot]'" in err and "missing.csv" not in err
+
+
+def test_annotation_flag_tries_a_setting_without_editing_the_manifest(tmp_path, capsys):
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp\n0\n")
+    out = tmp_path / "r.json"
+    assert main(["simulate", "--trace", str(trace), "-f", EXAMPLE, "--annotation",
+                 "serverless.llmaz.io/cooldown-period=120", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["cooldownPeriod"] == 120
+    # warm: served at once; last active 5 s, first poll strictly after 125 s is 135 s
+    assert doc["scale_events"] == [{"t": 0.0, "replicas": 1}, {"t": 135.0, "replicas": 0}]
+    assert main(["simulate", "--trace", str(trace), "-f", EXAMPLE, "--annotation", "cooldown"]) == 2
+    assert "write KEY=VALUE" in capsys.readouterr().err
+    assert main(["simulate", "--trace", str(trace), "-f", EXAMPLE, "--annotation",
+                 "serverless.llmaz.io/cooldown=120"]) == 2
+    assert "did you mean serverless.llmaz.io/cooldown-period?" in capsys.readouterr().err

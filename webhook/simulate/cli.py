@@ -8,11 +8,13 @@ webhook's own rules (``mutate`` -> ``analyze``), and the KEDA / HPA / HTTP add-o
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import sys
 from typing import Any
 
+from .. import constants as C
 from ..models import ModelCatalog
 from ..policy import Policy, PolicyError, load_policy_file
 from ..preview import InputError, load_documents
@@ -60,6 +62,21 @@ def _workload(args: argparse.Namespace) -> tuple[dict[str, Any], Policy, ModelCa
     return objects[0], policy, models
 
 
+def _annotations(args: argparse.Namespace) -> dict[str, str]:
+    out = {}
+    for item in args.annotation or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise _Usage(f"--annotation {item!r}: write KEY=VALUE, e.g. serverless.llmaz.io/cooldown=300")
+        key = key.strip()
+        if key not in C.USER_ANNOTATIONS:
+            near = difflib.get_close_matches(key, C.USER_ANNOTATIONS, n=1)
+            raise _Usage(f"--annotation {key!r} is not an annotation of llmaz-serverless"
+                         + (f"; did you mean {near[0]}?" if near else f"; known: {', '.join(C.USER_ANNOTATIONS)}"))
+        out[key] = value
+    return out
+
+
 def _replay(args: argparse.Namespace) -> Replay:
     until = _seconds(args.until, "--until") if args.until else None
     if until is not None and until <= 0:
@@ -103,8 +120,9 @@ def _gpus(obj: dict[str, Any], policy: Policy, models: ModelCatalog, settings: A
 
 def run_simulate(args: argparse.Namespace) -> int:
     replay = _replay(args)
+    extra = _annotations(args)
     obj, policy, models, traces, timing = _inputs(args)
-    settings = resolve(obj, {}, policy, models)
+    settings = resolve(obj, extra, policy, models)
     gpus, why = _gpus(obj, policy, models, settings, replay)
     totals: dict[str, Result] = {}
     timelines: dict[str, list[tuple[float, int]]] = {}
@@ -153,7 +171,11 @@ def run_recommend(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise _Usage(str(exc)) from None
     replay = _replay(args)
+    extra = _annotations(args)
     obj, policy, models, traces, timing = _inputs(args)
+    if extra:
+        meta = obj.setdefault("metadata", {})
+        meta["annotations"] = {**(meta.get("annotations") or {}), **extra}
     if args.plot and len(traces) != 1:
         raise _Usage("--plot draws one workload's timeline; use it without a fleet trace")
     progress = (lambda line: print("  " + line, file=sys.stderr)) if args.verbose else None
@@ -201,6 +223,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduling", default="2s", help="scheduling time of a new replica (default 2s)")
     p.add_argument("--service-time", default="5s", help="service time per request when the trace has no "
                    "token counts or durations (default 5s)")
+    p.add_argument("--annotation", action="append", metavar="KEY=VALUE", help="set this annotation on the "
+                   "workload before resolving it (try a setting without editing the manifest); repeatable")
     p.add_argument("--gpus-per-replica", type=int, help="GPUs one replica holds (default: from the OpenModel "
                    "flavor limits, hosts per replica and the Service's workloadTemplate)")
     p.add_argument("--start", default="warm", choices=STARTS, help="state at the trace start: warm = a request "
