@@ -571,6 +571,10 @@ def _servegen_client(fp: str, seed: int, bins: dict[int, int], resolution_s: flo
     return end
 
 
+_SERVEGEN_NOTE = ("ServeGen windows carry rates, not token counts: every request takes --service-time ({:g} s); "
+                  "arrivals generated from each window's fitted law (seeded)")
+
+
 def _binned(bins: dict[int, int], resolution_s: float, service: ServiceModel) -> list[Batch]:
     return [(b * resolution_s, n, service.default_s) for b, n in sorted(bins.items())]
 
@@ -590,7 +594,7 @@ def read_servegen(path: str, seed: int, service: ServiceModel, resolution_s: flo
     for fp in _servegen_files(path):
         end = max(end, _servegen_client(fp, seed, bins, resolution_s, exact_per_window))
     return _empty(path, Trace(os.path.basename(path.rstrip("/")), _binned(bins, resolution_s, service), end, None,
-                              "ServeGen (Alibaba Bailian)"))
+                              "ServeGen (Alibaba Bailian)", [_SERVEGEN_NOTE.format(service.default_s)]))
 
 
 def read_servegen_clients(path: str, seed: int, service: ServiceModel, limit: int | None = None,
@@ -603,7 +607,8 @@ def read_servegen_clients(path: str, seed: int, service: ServiceModel, limit: in
         end = _servegen_client(fp, seed, bins, resolution_s, exact_per_window)
         if bins:
             traces.append(Trace(os.path.basename(fp), _binned(bins, resolution_s, service), end, None,
-                                "ServeGen (Alibaba Bailian), one client per workload"))
+                                "ServeGen (Alibaba Bailian), one client per workload",
+                                [_SERVEGEN_NOTE.format(service.default_s)]))
     if not traces:
         raise TraceError(path, None, "no client sent any request", "pass a ServeGen model directory with traffic")
     return traces
