@@ -122,3 +122,17 @@ def test_cli_simulate_until_counts_the_scale_in_after_the_last_request(tmp_path,
                                    {"t": 2000.25, "replicas": 1}, {"t": 2670.0, "replicas": 0}]
     assert main(["simulate", "--trace", str(trace), "-f", EXAMPLE, "--until", "soon"]) == 2
     assert "--until 'soon' is not a duration" in capsys.readouterr().err
+
+
+def test_a_busy_short_trace_is_not_driven_to_min_one_by_a_cold_replay_start():
+    from webhook.simulate.replay import Replay
+    obj, models = workload()
+    busy = Trace("busy", [(i * 2.0, 1, 1.0) for i in range(900)], 1800.0)     # one request every 2 s, 30 min
+    objective = parse_objective("cold-start-share<=1%")
+    warm = recommend(obj, [busy], objective, Policy.default(), models, PodTiming(2, 20, 120))
+    assert warm.picked is not None and warm.picked.settings.min_replicas == 0 and warm.picked.result.waited == 0
+    # started cold, the first 142 s of every candidate wait (72 of 900 requests): only min 1 meets 1 %
+    cold = recommend(obj, [busy], objective, Policy.default(), models, PodTiming(2, 20, 120),
+                     replay=Replay(start="cold"))
+    assert cold.picked is not None and cold.picked.settings.min_replicas == 1
+    assert cold.baseline.waited == 72

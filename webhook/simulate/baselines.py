@@ -80,9 +80,9 @@ def cron_windows(preset: CronTrigger, horizon: float, origin: dt.datetime | None
         e_at = midnight + dt.timedelta(seconds=end_s)
         if e_at <= s_at:
             e_at += dt.timedelta(days=1)
-        # wall-clock times in the zone -> absolute (fold 0 on a repeated hour, as most cron libraries)
-        s = (s_at.replace(tzinfo=None).replace(tzinfo=tz).astimezone(dt.timezone.utc) - o).total_seconds()
-        e = (e_at.replace(tzinfo=None).replace(tzinfo=tz).astimezone(dt.timezone.utc) - o).total_seconds()
+        # aware arithmetic keeps the wall clock; astimezone applies that day's offset (fold 0 on a repeated hour)
+        s = (s_at.astimezone(dt.timezone.utc) - o).total_seconds()
+        e = (e_at.astimezone(dt.timezone.utc) - o).total_seconds()
         if e > 0 and s < horizon:
             out.append((max(s, 0.0), min(e, horizon), preset.desiredReplicas))
     return tuple(out)

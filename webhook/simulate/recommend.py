@@ -220,17 +220,18 @@ def recommend(obj: dict[str, Any], traces: Sequence[Trace], objective: Objective
     notes: list[str] = []
     window = None
     score_from = replay.warm_up_s
-    span = max(t.horizon for t in traces)
+    span = replay.until_s if replay.until_s is not None else max(t.horizon for t in traces)
     warm = f" after a {replay.warm_up_s / 3600:g} h warm-up" if replay.warm_up_s else ""
     scored_on = f"the whole trace, {_hours(score_from, span)}{warm}" + (f" of each of {len(traces)} workloads"
                                                                         if len(traces) > 1 else "")
-    if len(traces) == 1 and traces[0].horizon >= 2 * DAY:
+    if len(traces) == 1 and min(traces[0].horizon, span) >= 2 * DAY:
         tr = traces[0]
-        days = int(tr.horizon // DAY)
+        end = min(tr.horizon, span)
+        days = int(end // DAY)
         learn = days // 2
         window = learn_warm_window(tr, learn)
         score_from = max(score_from, learn * DAY)
-        scored_on = (f"{_hours(score_from, tr.horizon)} (days {learn + 1}-{math.ceil(tr.horizon / DAY)}); "
+        scored_on = (f"{_hours(score_from, end)} (days {learn + 1}-{math.ceil(end / DAY)}); "
                      f"window learned on {_hours(0, learn * DAY)}, replayed but not scored")
         if window is None:
             notes.append("no daily pattern to learn a warm window from (traffic in every hour or in none)")
