@@ -204,7 +204,8 @@ def _cost(c: Candidate) -> tuple[float, float, float]:
 
 
 def _hours(a: float, b: float) -> str:
-    return f"hours {a / 3600:g}-{b / 3600:g}"
+    h = lambda x: f"{x / 3600:.2f}".rstrip("0").rstrip(".")
+    return f"hours {h(a)}-{h(b)}"
 
 
 def recommend(obj: dict[str, Any], traces: Sequence[Trace], objective: Objective, policy: Policy,
