@@ -228,8 +228,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-replica", type=int, help="GPUs one replica holds (default: from the OpenModel "
                    "flavor limits, hosts per replica and the Service's workloadTemplate)")
     p.add_argument("--start", default="warm", choices=STARTS, help="state at the trace start: warm = a request "
-                   "was just served (max(min, 1) replicas ready, cooldown running), cold = idle for long "
-                   "(default warm)")
+                   "was just served (max(min, 1) replicas ready, cooldown running; at rest if the trace opens "
+                   "idle for longer than the cooldown), cold = idle for long (default warm)")
     p.add_argument("--warm-up", default="0", help="replay but do not count this long from the trace start, "
                    "e.g. 1h (default 0)")
     p.add_argument("--until", help="cut (or extend) the replay this long after the trace start, e.g. 1h "
@@ -244,7 +244,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 SIMULATE_HELP = """Replay a request trace against a workload's scaling, offline, next to three baselines.
 
-The workload file and the policy are loaded as ``preview`` loads them, the settings come from the webhook's
+The workload file and the policy are loaded as `preview` loads them, the settings come from the webhook's
 own rules, and the KEDA / HPA / HTTP add-on model is the one in docs/scaling-report.md. Reports GPU-hours
 and replica-hours, cold starts, the requests that waited and for how long, failed and overloaded requests.
 Exit codes: 0 done, 2 unusable input.
@@ -254,7 +254,7 @@ RECOMMEND_HELP = """Find the cheapest scaling annotations that meet a latency ob
 
 Sweeps cooldown, polling, a daily warm window (learned on the first half of a trace of two days or more and
 scored on the second half) and min-replicas 1; every candidate is resolved by the webhook's own rules and
-replayed like ``simulate`` does. Exit codes: 0 a pick, 1 the objective cannot be met, 2 unusable input.
+replayed as `simulate` replays it. Exit codes: 0 a pick, 1 the objective cannot be met, 2 unusable input.
 """
 
 
