@@ -280,3 +280,22 @@ def test_annotation_flag_tries_a_setting_without_editing_the_manifest(tmp_path, 
     assert main(["simulate", "--trace", str(trace), "-f", EXAMPLE, "--annotation",
                  "serverless.llmaz.io/cooldown=120"]) == 2
     assert "did you mean serverless.llmaz.io/cooldown-period?" in capsys.readouterr().err
+
+
+def test_simulate_and_recommend_take_the_same_flags(tmp_path, capsys):
+    docs = [d for d in yaml.safe_load_all(open(EXAMPLE)) if d]
+    models = tmp_path / "models.yaml"
+    models.write_text(yaml.safe_dump(next(d for d in docs if d["kind"] == "OpenModel")))
+    workload = tmp_path / "w.yaml"
+    workload.write_text(yaml.safe_dump(next(d for d in docs if d["kind"] == "Playground")))
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp\n0\n100\n")
+    common = ["--trace", str(trace), "-f", str(workload), "--models", str(models), "--until", "1h",
+              "--start", "cold", "--warm-up", "0", "--gpus-per-replica", "2"]
+    for cmd in (["simulate"], ["recommend", "--objective", "added-wait-p99<=10m"]):
+        assert main(cmd + common) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "2 GPU(s) per replica (--gpus-per-replica)" in out and "recommended:" in out
+    # without --models the OpenModel is unknown: the policy's unknown-model rule decides, and one GPU per pod
+    assert main(["simulate", "--trace", str(trace), "-f", str(workload)]) == 0
+    assert "1 GPU(s) per replica (a GPU workload with no accelerator count readable" in capsys.readouterr().out
