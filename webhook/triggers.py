@@ -859,7 +859,7 @@ def parse_triggers_annotation(text: str, where: str, limits: Limits | None = Non
     if not stripped:
         return [], [Problem(where, "is empty", "remove the annotation or name at least one trigger")]
     if stripped[0] in "[{" or "\n" in stripped or ":" in stripped:
-        value, problems = load_annotation(stripped, where, limits)
+        value, problems = load_annotation(stripped, where, limits, trigger_list=True)
         if problems:
             for p in problems:
                 if not p.fix:

@@ -36,8 +36,10 @@ class Limits(BaseModel):
     builtObjectBytes: int = Field(default=65536, ge=4096, le=1048576,
                                   description="bytes (JSON) of the ScaledObject plus InterceptorRoute built")
 
-    def bounds(self) -> Bounds:
-        return Bounds(self.annotationBytes, self.nestingDepth, self.yamlNodes)
+    def bounds(self, items: bool = False) -> Bounds:
+        """Loader bounds; ``items`` also caps the top-level list at the trigger limit."""
+        return Bounds(self.annotationBytes, self.nestingDepth, self.yamlNodes,
+                      max_items=self.triggers if items else None)
 
 
 # The policy document is written by a cluster admin and stored in a ConfigMap (at most 1 MiB); the loader
@@ -67,12 +69,13 @@ def annotation_problems(ann: dict[str, Any], limits: Limits) -> list[Problem]:
     return problems
 
 
-def load_annotation(text: str, where: str, limits: Limits) -> tuple[Any, list[Problem]]:
-    """Parse one annotation value within the caps; a refusal or a syntax error is a Problem at ``where``."""
+def load_annotation(text: str, where: str, limits: Limits, trigger_list: bool = False) -> tuple[Any, list[Problem]]:
+    """Parse one annotation value within the caps; a refusal or a syntax error is a Problem at ``where``.
+    ``trigger_list``: the value is a list of triggers, capped at ``limits.triggers`` while it is parsed."""
     import yaml
 
     try:
-        return load(text, limits.bounds()), []
+        return load(text, limits.bounds(items=trigger_list)), []
     except InputRefused as exc:
         return None, [Problem(where, exc.what, exc.fix)]
     except yaml.YAMLError as exc:

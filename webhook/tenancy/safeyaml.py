@@ -39,6 +39,10 @@ class Bounds:
     bytes_name: str = "limits.annotationBytes"
     depth_name: str = "limits.nestingDepth"
     nodes_name: str = "limits.yamlNodes"
+    # Longest top-level list (the triggers annotation: the trigger cap), enforced while parsing so a long
+    # list under raised byte and node caps stops at its first item too many.
+    max_items: int | None = None
+    items_name: str = "limits.triggers"
 
 
 def utf8_size(text: str, cap: int) -> int:
@@ -116,6 +120,11 @@ def _compose(loader: Any, bounds: Bounds) -> Any:
                 top = stack[-1]
                 if isinstance(top[0], yaml.SequenceNode):
                     top[0].value.append(node)
+                    if bounds.max_items is not None and len(stack) == 1 and len(top[0].value) > bounds.max_items:
+                        raise InputRefused(f"has more than {bounds.max_items} triggers, the limit (policy "
+                                           f"{bounds.items_name})",
+                                           "a workload needs a handful of triggers at most; combine or drop some",
+                                           bounds.items_name)
                 elif top[1] is None:
                     top[1] = node
                 else:
