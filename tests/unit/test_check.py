@@ -246,3 +246,23 @@ def test_parse_scaler_address(address: str, expected: tuple[str, str, str]) -> N
 
 def test_ready_endpoints_unset_condition_counts_as_ready() -> None:
     assert ready_endpoints([{"endpoints": [{"addresses": ["a"]}, {"addresses": ["b"], "conditions": {"ready": False}}]}]) == 1
+
+
+def test_workload_refused_by_tightened_rules_is_reported_with_its_kept_objects() -> None:
+    f = healthy()
+    f.workloads[0]["metadata"]["annotations"] = {
+        C.ANN_TRIGGERS: "[http, {type: redis, address: 'redis.ai:6379', listName: q}]"}
+    assert failures(judge(f)) == {}
+    f.policy_configmap = {"metadata": {"name": "p"}, "data": {"policy.yaml": "tenancy: {triggerTypes: [http]}\n"}}
+    line = failures(judge(f))["Playground ai/chat"]
+    assert "refused by the current rules" in line.detail and "keeps the last good settings" in line.detail
+    assert "redis triggers are not allowed" in line.detail
+    f.scaled_objects.clear()
+    assert "settings invalid" in failures(judge(f))["Playground ai/chat"].detail
+
+
+def test_unforeseen_object_is_a_finding_not_a_crash() -> None:
+    f = healthy()
+    f.workloads[0]["metadata"]["annotations"] = {C.ANN_TRIGGERS: "[" * 5000}
+    line = failures(judge(f))["Playground ai/chat"]
+    assert "nested more than" in line.detail
