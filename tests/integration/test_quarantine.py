@@ -13,6 +13,8 @@ import json
 import os
 import time
 
+import pytest
+
 from tests.integration.test_reconciler import (ENABLED, POLICY_CM, akube, create_pg, events_for, ir_of,  # noqa: F401
                                                playground, so_of, start_controller, wait_for)
 from tests.integration.test_tenant_boundary import ladder
@@ -23,12 +25,14 @@ from webhook.controller.metrics import reconciler_metrics
 
 # ============================================================================================ reconciler
 
-async def test_hostile_objects_do_not_hold_up_the_others(start_controller, akube, namespace, capsys):
+@pytest.mark.parametrize("with_hostile", [True, False], ids=["hostile", "baseline"])
+async def test_hostile_objects_do_not_hold_up_the_others(start_controller, akube, namespace, capsys, with_hostile):
     """Objects stored with no webhook in the way: two alias bombs and a 5,000-deep nesting among N ordinary
-    Playgrounds. Every ordinary one gets its ScaledObject; the hostile ones are quarantined with an Event."""
+    Playgrounds. Every ordinary one gets its ScaledObject; the hostile ones are quarantined with an Event. The
+    baseline (the same N without them) runs right after, for the side-by-side figure in docs/security.md."""
     n = int(os.environ.get("LLMAZ_HOSTILE_N", "200"))
     namespaces = [namespace(labels=ENABLED), namespace(labels=ENABLED)]
-    hostile = {
+    hostile = {} if not with_hostile else {
         "bomb-behavior": {C.ANN_BEHAVIOR: "{scaleUp: {tolerance: " + ladder() + "}}"},
         "bomb-raw": {C.ANN_TRIGGERS: "[{type: raw, trigger: {type: cpu, metadata: {value: '50'}, "
                                      "useCachedMetrics: " + ladder() + "}}]"},
@@ -59,11 +63,13 @@ async def test_hostile_objects_do_not_hold_up_the_others(start_controller, akube
         assert ev[0]["type"] == "Warning"
         assert await so_of(akube, namespaces[0], name) is None
         assert ("Playground", namespaces[0], name) in r.ctl.quarantine
-    assert "anchor" in (await events_for(akube, namespaces[0], "bomb-behavior", "Rejected"))[0]["message"]
-    assert "nested more than" in (await events_for(akube, namespaces[0], "deep", "Rejected"))[0]["message"]
-    assert reconciler_metrics().quarantined_workloads._value.get() >= quarantined_before + 3
+    if with_hostile:
+        assert "anchor" in (await events_for(akube, namespaces[0], "bomb-behavior", "Rejected"))[0]["message"]
+        assert "nested more than" in (await events_for(akube, namespaces[0], "deep", "Rejected"))[0]["message"]
+        assert reconciler_metrics().quarantined_workloads._value.get() >= quarantined_before + 3
     with capsys.disabled():
-        print(f"\n[tenancy] {n} Playgrounds served with 3 hostile objects among them in {elapsed:.1f} s")
+        print(f"\n[tenancy] {n} Playgrounds served with {len(hostile)} hostile objects among them in "
+              f"{elapsed:.1f} s")
 
     # A resync judges the hostile objects again (cheaply) and writes nothing.
     await r.settle(30)

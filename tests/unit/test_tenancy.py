@@ -219,6 +219,9 @@ def test_raw_cluster_trigger_authentication_checked_too():
     ("0.0.0.0:6379", "unspecified"),
     ("2852039166:80", "numeric address"),
     ("0xa9fea9fe:80", "numeric address"),
+    ("0251.0376.0251.0376:80", "numeric address"),
+    ("169.254.43518:80", "numeric address"),
+    ("face.bad:80", "not an address this namespace may use"),     # hex letters are still a name
     ("kubernetes.default.svc:443", "API server"),
     ("kubernetes.default.svc.cluster.local:443", "API server"),
     ("kubernetes.default:443", "API server"),

@@ -120,7 +120,10 @@ def grant_for(tenancy: Tenancy, namespace: str) -> Grant:
 
 # ---------------------------------------------------------------------------------------------- addresses
 
-_NUMERIC_TRICK = re.compile(r"^(0x[0-9a-f]+|[0-9]+|([0-9a-fx]+\.){1,3}[0-9a-fx]+)$")
+# Addresses that inet_aton-style parsers read as IPv4 but that are not dotted quads: "2852039166",
+# "0xa9fea9fe", "0251.0376.0251.0376", "169.254.43518" (every part a decimal, octal or 0x number).
+_NUMBER = r"(0x[0-9a-f]+|[0-9]+)"
+_NUMERIC_TRICK = re.compile(rf"^{_NUMBER}(\.{_NUMBER}){{0,3}}$")
 
 
 def split_address(value: str) -> tuple[str, int | None]:
