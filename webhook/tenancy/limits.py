@@ -44,7 +44,8 @@ class Limits(BaseModel):
 
 # The policy document is written by a cluster admin and stored in a ConfigMap (at most 1 MiB); the loader
 # still refuses aliases and bounds it, so a mistaken policy cannot hang the process that reads it.
-POLICY_BOUNDS = Bounds(1048576, 32, 200000, "the 1 MiB ConfigMap size", "32 levels", "200,000 nodes")
+POLICY_BOUNDS = Bounds(1048576, 32, 200000, "the 1 MiB ConfigMap size", "the policy document limit",
+                       "the policy document limit")
 
 
 def annotation_problems(ann: dict[str, Any], limits: Limits) -> list[Problem]:
