@@ -27,7 +27,6 @@ import datetime as _dt
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile

@@ -10,14 +10,13 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from webhook import constants as C
-from webhook.errors import Denied
 from webhook.keda import desired_objects
 from webhook.models import ModelCatalog
 from webhook.policy import Policy, PolicyError, parse_policy
 from webhook.settings import analyze
 from webhook.controller.quarantine import DENIED, FAILED, Quarantine
 from webhook.tenancy.boundary import never_reason, split_address, Tenancy
-from webhook.tenancy.safeyaml import Bounds, InputRefused, depth_of, load
+from webhook.tenancy.safeyaml import Bounds, InputRefused, load
 
 from .helpers import playground
 
@@ -69,16 +68,6 @@ def test_loader_refuses_python_tags_and_second_documents():
         load("!!python/object/apply:os.system [echo]", B)
     with pytest.raises(yaml.YAMLError):
         load("a: 1\n---\nb: 2", B)
-
-
-def test_depth_of_counts_without_recursion():
-    deep: list = []
-    cur = deep
-    for _ in range(10000):
-        cur.append([])
-        cur = cur[0]
-    assert depth_of(deep, 8) == 9
-    assert depth_of({"a": [1, {"b": 2}]}, 8) == 3
 
 
 # ------------------------------------------------------------------------------------------- limits

@@ -149,17 +149,3 @@ def _compose(loader: Any, bounds: Bounds) -> Any:
     loader.get_event()
     return root
 
-
-def depth_of(value: Any, cap: int) -> int:
-    """Nesting depth of an already-built value (JSON from an admission request), counted without recursion
-    and stopping at ``cap + 1``."""
-    deepest = 0
-    todo: list[tuple[Any, int]] = [(value, 1)]
-    while todo:
-        v, d = todo.pop()
-        if isinstance(v, (dict, list)):
-            deepest = max(deepest, d)
-            if deepest > cap:
-                return deepest
-            todo.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
-    return deepest
