@@ -867,9 +867,6 @@ def parse_triggers_annotation(text: str, where: str, limits: Limits | None = Non
                              "such as [{type: redis, address: redis.<namespace>:6379, listName: jobs}]")
             return [], problems
         return parse_trigger_list(value, where, limits)
-    if len(stripped) > limits.annotationBytes:
-        value, problems = load_annotation(stripped, where, limits)   # says which limit
-        return [], problems
     names = [n.strip() for n in stripped.split(",")]
     if any(not n for n in names):
         return [], [Problem(where, f"{text[:80]!r} has an empty entry", "write e.g. http, queue-depth")]
