@@ -17,7 +17,8 @@ tree's child runs under an address-space limit (``--old-memory-mb``, default 150
 bomb ends as a MemoryError or a kill instead of taking the machine with it; both are reported as such.
 
 The old tree is exported with ``git archive`` into a temporary directory (no change to the repository).
-Targets: every hostile case denied at admission in under 100 ms with under 10 MB of RSS growth.
+Targets: every hostile case denied at admission in under 100 ms with under 10 MB of RSS growth. The ``benign``
+case is the reference: a typical admission's median (and p99) over 500 runs in each tree.
 """
 
 from __future__ import annotations
@@ -63,6 +64,13 @@ def cases() -> dict[str, dict[str, str]]:
         # the same 4,000 triggers under a policy whose admin raised the byte and node caps: the trigger cap
         # still refuses it (the old tree has no caps: its run is the 4000-cron-triggers case again)
         "4000-cron-wide-caps": {"serverless.llmaz.io/triggers": "[" + ", ".join([cron] * 4000) + "]"},
+        # not hostile: a typical admission (three triggers and a behavior), median of 500, for the cost of
+        # the bounded loader and the boundary checks on the normal path
+        "benign": {"serverless.llmaz.io/triggers": "[http, {type: redis, address: 'redis.ai:6379', listName: q}, "
+                                                   + cron + "]",
+                   "serverless.llmaz.io/scale-behavior": '{"scaleDown": {"stabilizationWindowSeconds": 300, '
+                                                         '"policies": [{"type": "Pods", "value": 1, '
+                                                         '"periodSeconds": 60}]}}'},
     }
 
 
@@ -105,6 +113,21 @@ def child(case: str) -> None:
     gc.collect()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out: dict[str, Any] = {"case": case, "annotation_bytes": sum(len(v.encode()) for v in cases()[case].values())}
+
+    if case == "benign":
+        times = []
+        for _ in range(500):
+            t0 = time.perf_counter()
+            mutate(obj, None, "CREATE", policy, models)
+            verdict = validate(obj, None, "CREATE", policy, models)
+            times.append(time.perf_counter() - t0)
+        times.sort()
+        out.update(admission="admitted" if verdict.allowed else "denied", admission_ms=round(
+            times[len(times) // 2] * 1000, 3), admission_p99_ms=round(times[int(len(times) * 0.99)] * 1000, 3))
+        out["admission_rss_mb"] = round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024, 1)
+        out["build"] = "skipped"
+        print(json.dumps(out), flush=True)
+        return
 
     t0 = time.perf_counter()
     try:
@@ -209,7 +232,7 @@ def main() -> int:
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     print(f"written: {args.out}")
     ok = all(e["new"].get("admission") == "denied" and e["new"].get("admission_ms", 1e9) < 100
-             and e["new"].get("admission_rss_mb", 1e9) < 10 for e in results["cases"].values())
+             and e["new"].get("admission_rss_mb", 1e9) < 10 for c, e in results["cases"].items() if c != "benign")
     print("targets (denied in < 100 ms, < 10 MB):", "met" if ok else "NOT met")
     return 0 if ok else 1
 
