@@ -260,6 +260,9 @@ class LiveStack:
     def _start_redis(self) -> None:
         self.redis_port = REDIS_PORT
         proc = self.spawn("redis", [self.bins["redis-server"], "--bind", "127.0.0.1", REDIS_IP, "--port", self.redis_port,
+                                     # clients reach it through a ClusterIP from non-loopback addresses of the
+                                     # private network namespace, which protected mode would refuse
+                                     "--protected-mode", "no",
                                      "--save", "", "--appendonly", "no", "--dir", self.workdir])
         wait("redis answering", 20, lambda: self.redis("PING") == "PONG", proc)
 
