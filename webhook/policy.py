@@ -20,6 +20,9 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .durations import DurationError, go_duration, whole_seconds
+from .tenancy.boundary import Tenancy
+from .tenancy.limits import POLICY_BOUNDS, Limits
+from .tenancy.safeyaml import InputRefused, load as bounded_load
 from .triggers import parse_trigger_list
 
 POLICY_KEY = "policy.yaml"
@@ -77,6 +80,19 @@ class HTTPSettings(_Strict):
     gatewayHeader: str = Field(
         default="x-ai-eg-model",
         description="header that the Envoy AI Gateway sets to the model name; '' disables that rule")
+    gatewayValue: str = Field(
+        default="{namespace}/{name}",
+        description="value of gatewayHeader that routes to a workload; must name both {namespace} and {name}, "
+                    "so two namespaces never claim the same route")
+
+    @field_validator("gatewayValue")
+    @classmethod
+    def _namespaced(cls, v: str) -> str:
+        rest = v.replace("{namespace}", "").replace("{name}", "")
+        if "{namespace}" not in v or "{name}" not in v or "{" in rest or "}" in rest:
+            raise ValueError("must contain {namespace} and {name} (and no other placeholder), e.g. "
+                             "{namespace}/{name}")
+        return v
 
 
 class PrometheusSettings(_Strict):
@@ -139,6 +155,8 @@ class Policy(_Strict):
     acceleratorPrefixes: tuple[str, ...] = DEFAULT_ACCELERATOR_PREFIXES
     unknownModelIsGPU: bool = Field(
         default=True, description="an OpenModel not (yet) in the cache is treated as a GPU model")
+    limits: Limits = Limits()
+    tenancy: Tenancy = Tenancy()
 
     @field_validator("profiles")
     @classmethod
@@ -202,7 +220,9 @@ def parse_policy(text: str | None) -> Policy:
     if text is None or not text.strip():
         return Policy.default()
     try:
-        data = yaml.safe_load(text)
+        data = bounded_load(text, POLICY_BOUNDS)
+    except InputRefused as exc:
+        raise PolicyError(f"policy {exc.what}") from None
     except yaml.YAMLError as exc:
         raise PolicyError(f"policy is not valid YAML: {exc}") from None
     if data is None:
@@ -238,8 +258,8 @@ def load_policy_file(path: str) -> Policy:
     except UnicodeDecodeError as exc:
         raise PolicyError(f"not UTF-8 text (byte {exc.start}); a policy is a YAML document") from None
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError:
+        doc = bounded_load(text, POLICY_BOUNDS)
+    except (yaml.YAMLError, InputRefused):
         doc = None
     # Accept either a bare policy document or a ConfigMap manifest that carries one.
     if isinstance(doc, dict) and doc.get("kind") == "ConfigMap":

@@ -12,8 +12,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from . import constants as C
 from .accelerators import Detection, detect
 from .durations import DurationError, human, whole_seconds
@@ -22,6 +20,8 @@ from .models import ModelCatalog
 from .policy import Overlay, Policy
 from .readiness import workload_readiness_warning
 from .spelling import misplaced_labels, misspelt_annotations
+from .tenancy.boundary import trigger_problems
+from .tenancy.limits import annotation_problems, built_problems, load_annotation
 from .triggers import Preset, RawTrigger, TriggerContext, parse_trigger_list, parse_triggers_annotation
 
 _TRUE = {"true", "yes", "on", "1"}
@@ -158,45 +158,75 @@ def _bool(ann: dict[str, str], key: str, problems: list[Problem]) -> bool | None
     return None
 
 
+_QUANTITY = re.compile(r"^(\d+)(\.\d+)?(m)?$")
+_RULE_FIELDS = ("stabilizationWindowSeconds", "selectPolicy", "policies", "tolerance")
+MAX_SCALING_POLICIES = 10
+
+
+def _tolerance_problem(value: Any) -> str | None:
+    """``tolerance`` of autoscaling/v2 HPAScalingRules is a resource.Quantity: a number or a decimal string
+    (``"0.05"``, ``"50m"``); as a fraction of the target it only makes sense from 0 to 1."""
+    if isinstance(value, bool):
+        return "must be a number from 0 to 1 (e.g. 0.05 or \"50m\")"
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str) and len(value) <= 32 and (m := _QUANTITY.match(value.strip())):
+        number = float(m.group(1) + (m.group(2) or "")) / (1000 if m.group(3) else 1)
+    else:
+        return "must be a number from 0 to 1 (e.g. 0.05 or \"50m\")"
+    return None if 0 <= number <= 1 else "must be from 0 to 1 (a fraction of the target)"
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def validate_behavior(value: Any, where: str) -> list[Problem]:
-    """Light check of an autoscaling/v2 HorizontalPodAutoscalerBehavior."""
+    """Strict check of an autoscaling/v2 HorizontalPodAutoscalerBehavior: every field that reaches the HPA is
+    typed and bounded, nothing unknown passes through."""
     if not isinstance(value, dict):
         return [Problem(where, "must be a mapping with scaleUp and/or scaleDown",
                         "see autoscaling/v2 HorizontalPodAutoscalerBehavior")]
     problems = []
     for key, rules in value.items():
         if key not in ("scaleUp", "scaleDown"):
-            problems.append(Problem(f"{where}.{key}", "unknown field", "allowed: scaleUp, scaleDown"))
+            problems.append(Problem(f"{where}.{str(key)[:64]}", "unknown field", "allowed: scaleUp, scaleDown"))
             continue
         if not isinstance(rules, dict):
             problems.append(Problem(f"{where}.{key}", "must be a mapping"))
             continue
         for rk, rv in rules.items():
             if rk == "stabilizationWindowSeconds":
-                if not isinstance(rv, int) or isinstance(rv, bool) or not 0 <= rv <= 3600:
+                if not _whole(rv) or not 0 <= rv <= 3600:
                     problems.append(Problem(f"{where}.{key}.{rk}", "must be a whole number from 0 to 3600"))
             elif rk == "selectPolicy":
                 if rv not in ("Max", "Min", "Disabled"):
                     problems.append(Problem(f"{where}.{key}.{rk}", "must be Max, Min or Disabled"))
             elif rk == "policies":
-                if not isinstance(rv, list):
-                    problems.append(Problem(f"{where}.{key}.policies", "must be a list"))
+                if not isinstance(rv, list) or len(rv) > MAX_SCALING_POLICIES:
+                    problems.append(Problem(f"{where}.{key}.policies",
+                                            f"must be a list of at most {MAX_SCALING_POLICIES} policies"))
                     continue
                 for i, pol in enumerate(rv):
                     pw = f"{where}.{key}.policies[{i}]"
                     if not isinstance(pol, dict) or pol.get("type") not in ("Pods", "Percent"):
                         problems.append(Problem(pw, "type must be Pods or Percent"))
                         continue
+                    extra = sorted(str(k)[:64] for k in pol if k not in ("type", "value", "periodSeconds"))
+                    if extra:
+                        problems.append(Problem(pw, f"unknown field(s) {extra}",
+                                                "allowed: type, value, periodSeconds"))
                     v, period = pol.get("value"), pol.get("periodSeconds")
-                    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                        problems.append(Problem(f"{pw}.value", "must be a whole number above 0"))
-                    if not isinstance(period, int) or isinstance(period, bool) or not 0 < period <= 1800:
+                    if not _whole(v) or not 0 < v <= 100000:
+                        problems.append(Problem(f"{pw}.value", "must be a whole number from 1 to 100000"))
+                    if not _whole(period) or not 0 < period <= 1800:
                         problems.append(Problem(f"{pw}.periodSeconds", "must be a whole number from 1 to 1800"))
             elif rk == "tolerance":
-                continue
+                if (why := _tolerance_problem(rv)):
+                    problems.append(Problem(f"{where}.{key}.{rk}", why))
             else:
-                problems.append(Problem(f"{where}.{key}.{rk}", "unknown field",
-                                        "allowed: stabilizationWindowSeconds, selectPolicy, policies"))
+                problems.append(Problem(f"{where}.{key}.{str(rk)[:64]}", "unknown field",
+                                        f"allowed: {', '.join(_RULE_FIELDS)}"))
     return problems
 
 
@@ -255,6 +285,21 @@ def shape_problems(obj: dict[str, Any]) -> list[Problem]:
     return problems
 
 
+def built_for(settings: Settings, ctx: TriggerContext) -> list[dict[str, Any]]:
+    """The parts of the KEDA objects that come from the workload's own settings (triggers, route, behavior);
+    measured against ``limits`` before any of it is applied."""
+    from .triggers import HTTPTrigger, assign_names
+
+    out: list[dict[str, Any]] = []
+    for trigger_name, preset in assign_names(list(settings.triggers)):
+        out.append(preset.keda_trigger(ctx, trigger_name))
+        if isinstance(preset, HTTPTrigger):
+            out.append(preset.interceptor_route_spec(ctx))
+    if settings.behavior:
+        out.append(settings.behavior)
+    return out
+
+
 def analyze(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Analysis:
     """Decide whether ``obj`` is managed and, if so, with which settings. Pure."""
     kind = str(obj.get("kind") or "")
@@ -281,6 +326,11 @@ def analyze(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Analys
         return an
     an.managed = True
     an.backend = _backend(obj)
+    # Bytes first: an oversized annotation costs a length check, never a parse.
+    too_big = annotation_problems(ann, policy.limits)
+    if too_big:
+        problems.extend(too_big)
+        return an
     problems.extend(_name_problems(obj))
     for finding in misspelt_annotations(ann):
         if policy.annotations.unknown == "deny":
@@ -330,20 +380,24 @@ def analyze(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Analys
         resolved["startAtZero"] = start
 
     if C.ANN_BEHAVIOR in ann:
-        try:
-            behavior = yaml.safe_load(str(ann[C.ANN_BEHAVIOR]))
-        except yaml.YAMLError:
-            problems.append(Problem(C.ANN_BEHAVIOR, "is not valid YAML/JSON",
-                                    'write e.g. {"scaleDown": {"stabilizationWindowSeconds": 300}}'))
-        else:
+        behavior, errs = load_annotation(str(ann[C.ANN_BEHAVIOR]), C.ANN_BEHAVIOR, policy.limits)
+        for p in errs:
+            p.fix = p.fix or 'write e.g. {"scaleDown": {"stabilizationWindowSeconds": 300}}'
+        problems.extend(errs)
+        if not errs:
             errs = validate_behavior(behavior, C.ANN_BEHAVIOR)
             problems.extend(errs)
             if not errs:
                 resolved["behavior"] = behavior
 
     if C.ANN_TRIGGERS in ann:
-        presets, errs = parse_triggers_annotation(str(ann[C.ANN_TRIGGERS]), C.ANN_TRIGGERS)
+        presets, errs = parse_triggers_annotation(str(ann[C.ANN_TRIGGERS]), C.ANN_TRIGGERS, policy.limits)
         problems.extend(errs)
+        if not errs:
+            # What the tenant wrote is checked against what the policy lends this namespace.
+            problems.extend(trigger_problems(presets, C.ANN_TRIGGERS, name=an.name, namespace=an.namespace,
+                                             tenancy=policy.tenancy,
+                                             prometheus_address=policy.prometheus.serverAddress))
     else:
         presets, errs = parse_trigger_list(resolved.get("triggers") or [], "policy triggers")
         problems.extend(errs)
@@ -381,8 +435,13 @@ def analyze(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Analys
         start_at_zero=bool(resolved["startAtZero"]) and lo == 0, triggers=tuple(presets),
         behavior=resolved.get("behavior"), gpu=det.gpu, profile=profile)
     an.settings = settings
-
     ctx = an.trigger_context(policy)
+    too_big = built_problems(built_for(settings, ctx), C.ANN_TRIGGERS, policy.limits)
+    if too_big:
+        an.settings = None
+        problems.extend(too_big)
+        return an
+
     for p in presets:
         an.warnings.extend(p.warnings(ctx))
     if lo == 0 and presets and not any(p.wakes_from_zero for p in presets):

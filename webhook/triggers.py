@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .durations import DurationError, duration_seconds, go_duration, is_duration  # noqa: F401 - re-exported
 from .errors import Problem
+from .tenancy.limits import Limits, load_annotation, trigger_count_problem
 
 
 class PolicyView(Protocol):
@@ -47,6 +47,10 @@ _CREDENTIAL_KEYS = {
     "connection", "credentials", "bearertoken", "sasl.password", "privatekey", "key.pem", "clientsecret",
     "sharedaccesskey", "authtoken", "accesstoken", "tlskey", "clientkey", "keypassword",
 }
+# Any parameter whose name contains one of these is a credential, whatever the scaler calls it
+# (``redisPassword``, ``saslPassword``, ``awsSessionToken``, ``sharedAccessKey``...).
+_CREDENTIAL_PARTS = ("password", "passwd", "secret", "token", "apikey", "api_key", "accesskey", "privatekey",
+                     "connectionstring", "credential", "sharedaccesskey", "sessionkey")
 _USERINFO_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://[^/?#\s]*@")
 
 
@@ -56,7 +60,8 @@ def _credential_problems(params: dict[str, Any], where: str) -> list[Problem]:
         k = str(key)
         if k.endswith("FromEnv") or k.endswith("FromEnvFile"):
             continue  # names an environment variable of the target container, not a secret
-        if k.lower() in _CREDENTIAL_KEYS:
+        low = k.lower()
+        if low in _CREDENTIAL_KEYS or any(part in low for part in _CREDENTIAL_PARTS):
             problems.append(Problem(
                 f"{where}.{k}", "credentials must not be written inline in trigger parameters",
                 "store them in a Secret, reference it from a KEDA TriggerAuthentication, and set "
@@ -237,7 +242,10 @@ class HTTPTrigger(Preset):
         gateway = ctx.policy.http.gatewayHeader
         if gateway and self.hosts is None and not self.headers:
             # Requests forwarded by the llmaz Envoy AI Gateway name the model in a header.
-            rules.append({"hosts": ["*"], "headers": [{"name": gateway, "value": ctx.name}]})
+            # The value names the namespace too: the interceptor is shared by the whole cluster, and two
+            # namespaces' Playgrounds of one name must never claim the same route.
+            value = ctx.policy.http.gatewayValue.replace("{namespace}", ctx.namespace).replace("{name}", ctx.name)
+            rules.append({"hosts": ["*"], "headers": [{"name": gateway, "value": value}]})
         if self.requestRate is not None:
             metric: dict[str, Any] = {"requestRate": {"targetValue": self.requestRate,
                                                       "window": self.window or "1m",
@@ -301,8 +309,11 @@ class QueueDepthTrigger(Preset):
     def keda_trigger(self, ctx: TriggerContext, trigger_name: str) -> dict[str, Any]:
         _, agg, default_threshold = self._resolved(ctx)
         threshold = self.threshold if self.threshold is not None else default_threshold
+        # The policy's Prometheus credentials go only to the policy's Prometheus, never to an address the
+        # tenant chose.
+        own_server = self.serverAddress is None or self.serverAddress == ctx.policy.prometheus.serverAddress
         auth = self.authRef or (AuthRef(name=ctx.policy.prometheus.authRef)
-                                if ctx.policy.prometheus.authRef else None)
+                                if ctx.policy.prometheus.authRef and own_server else None)
         trigger: dict[str, Any] = {
             "type": "prometheus",
             "name": trigger_name,
@@ -588,6 +599,9 @@ temporal
 """.split())
 
 
+_METADATA_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,127}$")
+
+
 class RawTrigger(Preset):
     """Escape hatch: any KEDA trigger, written as KEDA expects it, still checked for the basics."""
 
@@ -608,10 +622,17 @@ class RawTrigger(Preset):
             raise ValueError("trigger.type is required (a KEDA scaler name such as prometheus)")
         if ktype not in KNOWN_KEDA_SCALERS:
             raise ValueError(f"trigger.type {ktype!r} is not a KEDA scaler")
+        if "name" in t and not isinstance(t["name"], str):
+            raise ValueError("trigger.name must be a string")
+        if "useCachedMetrics" in t and not isinstance(t["useCachedMetrics"], bool):
+            raise ValueError("trigger.useCachedMetrics must be true or false")
         md = t.get("metadata", {})
         if not isinstance(md, dict):
             raise ValueError("trigger.metadata must be a mapping of strings")
         for k, v in md.items():
+            if not isinstance(k, str) or not _METADATA_KEY.match(k):
+                raise ValueError(f"trigger.metadata key {str(k)[:64]!r} must be a parameter name "
+                                 "(letters, digits, '.', '_', '-'; at most 128)")
             if not isinstance(v, (str, int, float, bool)):
                 raise ValueError(f"trigger.metadata.{k} must be a string, got {type(v).__name__}")
         if ktype in ("cpu", "memory"):
@@ -787,11 +808,14 @@ def parse_trigger(raw: Any, where: str) -> tuple[Preset | None, list[Problem]]:
         return None, _pydantic_problems(exc, where, ttype)
 
 
-def parse_trigger_list(value: Any, where: str) -> tuple[list[Preset], list[Problem]]:
+def parse_trigger_list(value: Any, where: str, limits: Limits | None = None) -> tuple[list[Preset], list[Problem]]:
+    """``limits`` caps the count (tenant input); the policy's own lists are parsed without it."""
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list):
         return [], [Problem(where, "triggers must be a list", "write e.g. [http, queue-depth]")]
+    if limits is not None and (too_many := trigger_count_problem(len(value), where, limits)):
+        return [], [too_many]
     presets, problems = [], []
     for i, item in enumerate(value):
         preset, errs = parse_trigger(item, f"{where}[{i}]")
@@ -809,26 +833,29 @@ def parse_trigger_list(value: Any, where: str) -> tuple[list[Preset], list[Probl
     return presets, problems
 
 
-def parse_triggers_annotation(text: str, where: str) -> tuple[list[Preset], list[Problem]]:
-    """``http, queue-depth`` or a YAML/JSON list (or single mapping) of presets."""
+def parse_triggers_annotation(text: str, where: str, limits: Limits | None = None) -> tuple[list[Preset], list[Problem]]:
+    """``http, queue-depth`` or a YAML/JSON list (or single mapping) of presets, parsed within ``limits``
+    (bytes, depth, YAML nodes, trigger count; the policy's, else the defaults)."""
+    limits = limits or _DEFAULT_LIMITS
     stripped = text.strip()
     if not stripped:
         return [], [Problem(where, "is empty", "remove the annotation or name at least one trigger")]
     if stripped[0] in "[{" or "\n" in stripped or ":" in stripped:
-        try:
-            value = yaml.safe_load(stripped)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or "syntax error"
-            return [], [Problem(where, f"is not valid YAML/JSON{at}: {problem}",
-                                "write a comma-separated list of preset names (http, queue-depth) or a "
-                                "YAML list such as [{type: redis, address: redis:6379, listName: jobs}]")]
-        return parse_trigger_list(value, where)
+        value, problems = load_annotation(stripped, where, limits, trigger_list=True)
+        if problems:
+            for p in problems:
+                if not p.fix:
+                    p.fix = ("write a comma-separated list of preset names (http, queue-depth) or a YAML list "
+                             "such as [{type: redis, address: redis.<namespace>:6379, listName: jobs}]")
+            return [], problems
+        return parse_trigger_list(value, where, limits)
     names = [n.strip() for n in stripped.split(",")]
     if any(not n for n in names):
-        return [], [Problem(where, f"{text!r} has an empty entry", "write e.g. http, queue-depth")]
-    return parse_trigger_list(names, where)
+        return [], [Problem(where, f"{text[:80]!r} has an empty entry", "write e.g. http, queue-depth")]
+    return parse_trigger_list(names, where, limits)
+
+
+_DEFAULT_LIMITS = Limits()
 
 
 def assign_names(presets: list[Preset]) -> list[tuple[str, Preset]]:

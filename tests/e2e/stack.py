@@ -48,7 +48,7 @@ from tests.integration.controlplane import (
 from tests.integration.webhook_harness import shipped_webhook_configurations
 
 from .addons import start_http_addon, start_prometheus
-from .network import ClusterDNS, start_kube_proxy
+from .network import ClusterDNS, expose, start_kube_proxy
 from .pki import StackPKI
 from .podagent import PodAgent
 
@@ -62,6 +62,10 @@ KEDA_NAMESPACE = "keda"
 LLMAZ_NAMESPACE = "llmaz-system"
 GPU_NODES = ("gpu-node-0", "gpu-node-1")
 REDIS_PORT = 6379   # fixed: the namespace is private, and the user's manifests name this address
+# Redis also listens on a non-loopback local address behind the Service queues/redis: a tenant's trigger may
+# never name a loopback address (docs/security.md), so the manifests use redis.queues:6379, which the
+# stack's policy lends to every namespace (manifests/policy.yaml).
+REDIS_IP, REDIS_NS = "10.243.1.4", "queues"
 STACK_BINARIES = ("kube-scheduler", "kube-proxy", "kubectl", "keda-operator", "keda-adapter", "llmaz-manager",
                   "lws-manager", "kwok", "redis-server", "keda-http-interceptor", "keda-http-scaler", "prometheus")
 # Upstream CRDs besides the ones the integration tests use: KEDA's operator exits unless all six of its CRDs
@@ -219,6 +223,7 @@ class LiveStack:
             self._timed("kwok+nodes", self._start_kwok)
             self._timed("cluster-dns", self._start_dns)
             self._timed("kube-proxy", lambda: start_kube_proxy(self))
+            self._timed("redis-service", lambda: expose(self, REDIS_NS, "redis", REDIS_IP, REDIS_PORT, REDIS_PORT))
             self._timed("leaderworkerset", self._start_lws)
             self._timed("llmaz", self._start_llmaz)
             self._timed("keda", self._start_keda)
@@ -254,7 +259,10 @@ class LiveStack:
 
     def _start_redis(self) -> None:
         self.redis_port = REDIS_PORT
-        proc = self.spawn("redis", [self.bins["redis-server"], "--bind", "127.0.0.1", "--port", self.redis_port,
+        proc = self.spawn("redis", [self.bins["redis-server"], "--bind", "127.0.0.1", REDIS_IP, "--port", self.redis_port,
+                                     # clients reach it through a ClusterIP from non-loopback addresses of the
+                                     # private network namespace, which protected mode would refuse
+                                     "--protected-mode", "no",
                                      "--save", "", "--appendonly", "no", "--dir", self.workdir])
         wait("redis answering", 20, lambda: self.redis("PING") == "PONG", proc)
 

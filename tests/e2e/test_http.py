@@ -66,7 +66,7 @@ def test_http_cold_start_answers_every_request_then_returns_to_zero(stack: LiveS
         t_sent = tl.mark("sent")
         gateway: list = []
         side = threading.Thread(target=lambda: gateway.append(
-            chat("gateway.example", headers={"x-ai-eg-model": name}, timeout=120)))
+            chat("gateway.example", headers={"x-ai-eg-model": f"{ns}/{name}"}, timeout=120)))
         side.start()
         answers = burst(50, f"{name}.{ns}", timeout=120)
         side.join(timeout=130)

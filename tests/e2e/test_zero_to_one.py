@@ -180,7 +180,7 @@ def test_llmaz_hpa_is_handed_over_to_keda_while_llmaz_runs(stack: LiveStack):
         "apiVersion": "inference.llmaz.io/v1alpha1", "kind": "Playground",
         # a queue trigger: this stack has no HTTP add-on, and the default http trigger would need it
         "metadata": {"name": "chat", "namespace": ns, "annotations": {
-            C.ANN_TRIGGERS: "- {type: redis, address: '127.0.0.1:6379', listName: chat-jobs}"}},
+            C.ANN_TRIGGERS: "- {type: redis, address: 'redis.queues:6379', listName: chat-jobs}"}},
         "spec": {"replicas": 1, "modelClaim": {"modelName": "qwen2-5-7b-instruct"},
                  "elasticConfig": {"minReplicas": 1, "maxReplicas": 3},
                  "backendRuntimeConfig": {"scaleTrigger": {"hpa": {"metrics": [

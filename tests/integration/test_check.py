@@ -147,3 +147,45 @@ def test_healthy_control_plane_passes_but_metrics_api(control_plane: ControlPlan
     failed = {r["check"] for r in report["results"] if r["status"] == "fail" and r not in others}
     assert failed == {"APIService v1beta1.external.metrics.k8s.io"}, report
     assert code == 1
+
+
+def test_workload_refused_by_tightened_policy_is_reported_with_kept_objects(control_plane: ControlPlane,
+                                                                            capsys: Any) -> None:
+    """A workload admitted under a wider policy, whose ScaledObject exists: after the admin narrows the tenant
+    boundary, ``check`` reports it as refused and says its objects keep the last good settings."""
+    suffix = uuid.uuid4().hex[:6]
+    control_plane.install_crds(crd_paths(("keda-extra",)))
+
+    async def setup() -> dict[str, str]:
+        async with Kube.from_kubeconfig(str(control_plane.kubeconfig)) as kube:
+            names = await _healthy_cluster(kube, suffix)
+            ns = names["ns"]
+            pg = await kube.create(PLAYGROUNDS, {
+                "apiVersion": C.LLMAZ_API_VERSION, "kind": "Playground",
+                "metadata": {"name": "queue", "annotations": {
+                    C.ANN_TRIGGERS: f"[http, {{type: redis, address: 'redis.{ns}:6379', listName: q}}]"}},
+                "spec": {"replicas": 1, "modelClaim": {"modelName": "qwen-7b"}}}, ns)
+            sys_ns, cm = names["policy"].split("/")
+            policy = policy_from_configmap(await kube.get(CONFIGMAPS, cm, sys_ns))
+            desired = desired_objects(pg, policy, ModelCatalog())
+            await kube.create(SCALEDOBJECTS, desired.scaled_object, ns)
+            await kube.create(INTERCEPTORROUTES, desired.interceptor_route, ns)
+            await kube.patch(SCALEDOBJECTS, "queue", {"status": {"conditions": [
+                {"type": "Ready", "status": "True", "reason": "ScaledObjectReady", "message": "simulated"}]}}, ns,
+                subresource="status")
+            await kube.patch(CONFIGMAPS, cm, {"data": {"policy.yaml": (
+                f"http:\n  scalerAddress: keda-add-ons-http-external-scaler.{names['keda_ns']}:9090\n"
+                "tenancy:\n  triggerTypes: [http, queue-depth]\n")}}, sys_ns)
+            return names
+
+    names = asyncio.run(setup())
+    code, report, err = run_check(capsys, "--kubeconfig", str(control_plane.kubeconfig),
+                                  "--keda-namespace", names["keda_ns"], "--policy-configmap", names["policy"],
+                                  "--webhook-config-name", names["config"])
+    by_name = {r["check"]: r for r in report["results"]}
+    line = by_name[f"Playground {names['ns']}/queue"]
+    assert line["status"] == "fail", line
+    assert "refused by the current rules" in line["detail"] and "keeps the last good settings" in line["detail"]
+    assert "redis triggers are not allowed" in line["detail"]
+    assert by_name[f"Playground {names['ns']}/chat"]["status"] == "ok"     # policy triggers are the admin's
+    assert code == 1

@@ -9,13 +9,22 @@ from webhook import constants as C
 from webhook.keda import desired_objects
 from webhook.models import ModelCatalog
 from webhook.mutation import mutate
-from webhook.policy import Policy
+from webhook.policy import parse_policy
 
-P = Policy.default()
+# The schemas are under test here, not the tenant boundary (tests/unit/test_tenancy.py): every trigger type and
+# address of this table is lent.
+P = parse_policy("""
+tenancy:
+  triggerTypes: [http, queue-depth, redis, redis-streams, rabbitmq, kafka, nats-jetstream, sqs, cron, raw]
+  clusterTriggerAuthentications: [rmq]
+  addresses: {redis: ['redis:6379', 'r:6379'], redis-streams: ['redis:6379'], kafka: ['k:9092'],
+              nats-jetstream: ['nats:8222']}
+  httpHosts: ['{name}.{namespace}', '{name}.{namespace}.svc', 'chat.{namespace}.example.com']
+""")
 
 TRIGGERS = {
     "http": "http",
-    "http-rate": "[{type: http, requestRate: 50, window: 2m, hosts: [chat.example.com], paths: [/v1], "
+    "http-rate": "[{type: http, requestRate: 50, window: 2m, hosts: [chat.{ns}.example.com], paths: [/v1], "
                  "headers: {x-tenant: a}, readinessTimeout: 15m, requestTimeout: 30m}]",
     "queue-depth": "queue-depth",
     "queue-running-auth": "[{type: queue-depth, metric: running, threshold: 8, authRef: prom}]",
@@ -57,6 +66,8 @@ def test_builders_output_is_accepted_by_upstream_crds(kube, namespace, kind, tri
     ns = namespace(prefix="schema")
     obj = _workload(kind, trigger_key)
     obj["metadata"]["namespace"] = ns
+    ann = obj["metadata"]["annotations"]
+    ann[C.ANN_TRIGGERS] = ann[C.ANN_TRIGGERS].replace("{ns}", ns)
     mutated = mutate(obj, None, "CREATE", P, ModelCatalog()).obj
     mutated["metadata"]["uid"] = "0b7c3c3e-0000-4000-8000-000000000001"
     desired = desired_objects(mutated, P, ModelCatalog())

@@ -26,8 +26,13 @@ from .controlplane import ControlPlane, crd_paths, partial_control_plane
 from .test_deploy import SA_GROUPS, SA_USER, RecordingKube, manifest_docs
 from .test_reconciler import _uid, events_for, get_or_none, playground, wait_for
 
-REDIS = '[{type: redis, address: "redis.jobs:6379", listName: jobs}]'
-HTTP_AND_REDIS = '[http, {type: redis, address: "redis.jobs:6379", listName: jobs}]'
+def redis(ns: str) -> str:
+    """A queue trigger at a Redis in the workload's own namespace (what the default tenant boundary lends)."""
+    return f'[{{type: redis, address: "redis.{ns}:6379", listName: jobs}}]'
+
+
+def http_and_redis(ns: str) -> str:
+    return f'[http, {{type: redis, address: "redis.{ns}:6379", listName: jobs}}]'
 DISCOVERY = 0.3
 
 
@@ -181,7 +186,7 @@ async def test_without_keda_nothing_is_stranded_and_keda_installed_later_is_atta
     ns = await h.namespace()
     # Stored at 0, as the webhook stores a GPU workload on a cluster where KEDA is running.
     await h.kube.create(PLAYGROUNDS, playground("chat", replicas=0), ns)
-    await h.kube.create(PLAYGROUNDS, playground("batch", replicas=0, annotations={C.ANN_TRIGGERS: REDIS}), ns)
+    await h.kube.create(PLAYGROUNDS, playground("batch", replicas=0, annotations={C.ANN_TRIGGERS: redis(ns)}), ns)
     ctl = await h.start()
     assert ctl.discovery.installed.keda is False and ctl.brain.installed.keda is False
     assert gauge("keda") == 0 and gauge("http-add-on") == 0
@@ -218,8 +223,8 @@ async def test_http_addon_absent_then_installed_then_removed(plane_without_http_
     t0 = time.monotonic()
     ctl = await h.start()
     assert ctl.discovery.installed.keda is True and ctl.discovery.installed.http_addon is False
-    await h.kube.create(PLAYGROUNDS, playground("queue", replicas=0, annotations={C.ANN_TRIGGERS: REDIS}), ns)
-    await h.kube.create(PLAYGROUNDS, playground("both", replicas=0, annotations={C.ANN_TRIGGERS: HTTP_AND_REDIS}),
+    await h.kube.create(PLAYGROUNDS, playground("queue", replicas=0, annotations={C.ANN_TRIGGERS: redis(ns)}), ns)
+    await h.kube.create(PLAYGROUNDS, playground("both", replicas=0, annotations={C.ANN_TRIGGERS: http_and_redis(ns)}),
                         ns)
     await h.kube.create(PLAYGROUNDS, playground("web", replicas=0), ns)   # http only (the default)
 
@@ -273,7 +278,7 @@ async def test_scaled_object_no_keda_operator_acts_on_is_reported(control_plane,
     h = harness_factory(control_plane)
     ns = await h.namespace()
     ctl = await h.start(keda_ready_bound=2.0)
-    await h.kube.create(PLAYGROUNDS, playground("idle", annotations={C.ANN_TRIGGERS: REDIS}), ns)
+    await h.kube.create(PLAYGROUNDS, playground("idle", annotations={C.ANN_TRIGGERS: redis(ns)}), ns)
     await wait_for(lambda: get_or_none(h.kube, SCALEDOBJECTS, "idle", ns), 10, what="ScaledObject idle")
     # No KEDA operator runs on this control plane: nobody writes status.conditions.
     t0 = time.monotonic()

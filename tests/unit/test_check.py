@@ -262,3 +262,23 @@ def test_misspelt_annotation_on_a_stored_workload_warns() -> None:
     f.workloads[0]["metadata"]["annotations"] = {"serverless.llmaz.io/min-replica": "1"}
     warned = [r for r in judge(f) if "did you mean" in r.detail]
     assert len(warned) == 1 and warned[0].status == WARN and C.ANN_MIN_REPLICAS in warned[0].detail
+
+
+def test_workload_refused_by_tightened_rules_is_reported_with_its_kept_objects() -> None:
+    f = healthy()
+    f.workloads[0]["metadata"]["annotations"] = {
+        C.ANN_TRIGGERS: "[http, {type: redis, address: 'redis.ai:6379', listName: q}]"}
+    assert failures(judge(f)) == {}
+    f.policy_configmap = {"metadata": {"name": "p"}, "data": {"policy.yaml": "tenancy: {triggerTypes: [http]}\n"}}
+    line = failures(judge(f))["Playground ai/chat"]
+    assert "refused by the current rules" in line.detail and "keeps the last good settings" in line.detail
+    assert "redis triggers are not allowed" in line.detail
+    f.scaled_objects.clear()
+    assert "settings invalid" in failures(judge(f))["Playground ai/chat"].detail
+
+
+def test_unforeseen_object_is_a_finding_not_a_crash() -> None:
+    f = healthy()
+    f.workloads[0]["metadata"]["annotations"] = {C.ANN_TRIGGERS: "[" * 5000}
+    line = failures(judge(f))["Playground ai/chat"]
+    assert "nested more than" in line.detail

@@ -49,7 +49,7 @@ def test_scaled_object_for_gpu_playground_with_http_and_queue_depth():
 
 def test_no_interceptor_route_without_http_and_behavior_carried():
     obj = stored(playground(annotations={
-        C.ANN_TRIGGERS: "[{type: kafka, bootstrapServers: 'k:9092', consumerGroup: g, topic: t}]",
+        C.ANN_TRIGGERS: "[{type: kafka, bootstrapServers: 'k.ai:9092', consumerGroup: g, topic: t}]",
         C.ANN_BEHAVIOR: '{"scaleDown": {"stabilizationWindowSeconds": 300}}'}))
     d = desired_objects(obj, P, catalog())
     assert d.interceptor_route is None
@@ -79,6 +79,6 @@ def test_invalid_settings_raise():
 def test_cron_and_queue_triggers_in_one_scaled_object():
     obj = stored(playground(annotations={C.ANN_TRIGGERS: (
         "[http, {type: cron, start: '0 8 * * 1-5', end: '0 18 * * 1-5', desiredReplicas: 2},"
-        " {type: nats-jetstream, natsServerMonitoringEndpoint: 'nats:8222', stream: s, consumer: c}]")}))
+        " {type: nats-jetstream, natsServerMonitoringEndpoint: 'nats.ai:8222', stream: s, consumer: c}]")}))
     so = desired_objects(obj, P, catalog()).scaled_object
     assert [t["type"] for t in so["spec"]["triggers"]] == ["external-push", "cron", "nats-jetstream"]

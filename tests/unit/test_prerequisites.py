@@ -20,8 +20,8 @@ P = Policy.default()
 NO_KEDA = Installed(keda=False, http_addon=False)
 NO_HTTP = Installed(keda=True, http_addon=False)
 ALL = Installed(keda=True, http_addon=True)
-REDIS = '[{type: redis, address: "r:6379", listName: jobs}]'
-HTTP_AND_REDIS = '[http, {type: redis, address: "r:6379", listName: jobs}]'
+REDIS = '[{type: redis, address: "r.ai:6379", listName: jobs}]'
+HTTP_AND_REDIS = '[http, {type: redis, address: "r.ai:6379", listName: jobs}]'
 
 
 def settings_of(obj):

@@ -397,3 +397,37 @@ def test_policy_source_changed_flag_and_deletion():
     assert not u.changed and u.error
     u = src.apply(None)                    # ConfigMap deleted: built-in default, error cleared
     assert u.changed and u.policy == Policy.default() and u.error is None and src.valid
+
+
+# ------------------------------------------------------------------------------------------- quarantine
+
+
+def test_a_build_that_raises_is_quarantined_once_and_not_rebuilt_until_the_object_changes(monkeypatch):
+    """The builders are replaced by one that raises (no real input does any more); the reconciler must hold
+    the workload aside with a metric, without raising into its worker, and build it again only once edited."""
+    from webhook.admission import Brain
+    from webhook.controller import reconciler as R
+
+    calls = []
+
+    def boom(*args, **kwargs):
+        calls.append(1)
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(R, "desired_objects", boom)
+    ctl = R.Controller(None, Brain(), namespace="sys", policy_configmap=None, events=False)  # type: ignore[arg-type]
+    ctl.namespaces.put_local({"metadata": {"name": "ai", "labels": {C.NAMESPACE_LABEL: "true"}}})
+    pg = {"apiVersion": C.LLMAZ_API_VERSION, "kind": "Playground",
+          "metadata": {"name": "a", "namespace": "ai", "uid": "u", "resourceVersion": "1"}, "spec": {}}
+    ctl.playgrounds.put_local(pg)
+    key = ("Playground", "ai", "a")
+    before = ctl.metrics.quarantines.labels("error")._value.get()
+    assert asyncio.run(ctl.reconcile(key)) == "quarantined"
+    assert asyncio.run(ctl.reconcile(key)) == "quarantined"
+    assert len(calls) == 1 and key in ctl.quarantine
+    assert ctl.metrics.quarantines.labels("error")._value.get() == before + 1
+    ctl.playgrounds.put_local(dict(pg, metadata=dict(pg["metadata"], resourceVersion="2")))
+    assert asyncio.run(ctl.reconcile(key)) == "quarantined"
+    assert len(calls) == 2
+    ctl.playgrounds.remove_local("ai", "a")
+    assert asyncio.run(ctl.reconcile(key)) == "gone" and key not in ctl.quarantine

@@ -18,7 +18,7 @@ from ..kube import conditions, parse_time
 from ..models import ModelCatalog
 from ..policy import Policy
 from ..readiness import workload_readiness_warning
-from ..settings import analyze
+from ..settings import Analysis, analyze
 from ..spelling import misspelt_annotations
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -322,13 +322,20 @@ def analyse_workloads(f: Facts, policy: Policy) -> list[tuple[dict[str, Any], An
     for w in f.workloads:
         if (w.get("metadata") or {}).get("namespace") not in ns_in:
             continue
-        an = analyze(w, policy, models)
+        try:
+            an = analyze(w, policy, models)
+        except Exception as exc:  # noqa: BLE001 - one unforeseen object is a finding, never the end of check
+            an = Analysis(kind=str(w.get("kind") or ""), name="", namespace="", managed=True)
+            out.append((w, an, None, f"its settings could not be read ({type(exc).__name__})"))
+            continue
         desired, denial = None, None
         if an.managed:
             try:
                 desired = desired_objects(w, policy, models)
             except Denied as d:
                 denial = d.message
+            except Exception as exc:  # noqa: BLE001 - as above
+                denial = f"its KEDA objects could not be built ({type(exc).__name__})"
         out.append((w, an, desired, denial))
     return out
 
@@ -350,6 +357,14 @@ def judge_workloads(f: Facts, analysed: list[tuple[dict[str, Any], Any, Any, str
                               "stranded at zero: 0 replicas and no Ready ScaledObject can wake it",
                               f"kubectl -n {meta.get('namespace')} scale {w.get('kind', '').lower()} "
                               f"{meta.get('name')} --replicas=1, then fix the ScaledObject (see below)"))
+        if denial and so is not None:
+            # Admitted once (webhook off, or before the rules tightened): the reconciler leaves its KEDA
+            # objects at the last good settings and quarantines it; say so, never change it silently.
+            out.append(Result("workloads", label, FAIL, f"refused by the current rules, so its ScaledObject keeps "
+                              f"the last good settings and no edit takes effect: {denial}",
+                              "fix the serverless.llmaz.io/* annotations (see docs/api.md and docs/security.md), "
+                              "or ask the cluster admin to widen the policy"))
+            continue
         if denial:
             out.append(Result("workloads", label, FAIL, f"settings invalid: {denial}",
                               "fix the serverless.llmaz.io/* annotations (see docs/api.md)"))

@@ -43,6 +43,13 @@ class ReconcilerMetrics:
         self.degraded_workloads = find("degraded_workloads", lambda: Gauge(
             "llmaz_serverless_degraded_workloads",
             "Managed workloads kept above zero because an API they need is not installed.", registry=r))
+        self.quarantined_workloads = find("quarantined_workloads", lambda: Gauge(
+            "llmaz_serverless_quarantined_workloads",
+            "Workloads whose KEDA objects cannot be built from their settings (denied by the current rules, or "
+            "failed); their existing KEDA objects keep the last good settings.", registry=r))
+        self.quarantines = find("quarantines", lambda: Counter(
+            "llmaz_serverless_quarantines", "Workloads put in quarantine, by reason (denied, error).", ["reason"],
+            registry=r))
 
 
 _METRICS: ReconcilerMetrics | None = None

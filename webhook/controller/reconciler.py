@@ -30,9 +30,12 @@ a workload that someone scaled to 0 while we never managed it is left alone. A S
 Playground is never patched: the Playground drives its replicas.)
 
 Invalid settings on an existing workload (``Denied``, e.g. someone edited a bad annotation while the
-webhook was down or set to Ignore): a Warning Event ``Rejected`` with the message, and the existing KEDA
-objects are left **untouched**. A running workload keeps autoscaling with its last good settings instead
-of being broken by a typo; the Event (and the validating webhook, when it runs) tell the user.
+webhook was down or set to Ignore, or rules tightened by an upgrade refuse what was once admitted): a
+Warning Event ``Rejected`` with the message, the workload is quarantined (``controller.quarantine``), and
+the existing KEDA objects are left **untouched**. A running workload keeps autoscaling with its last good
+settings instead of being broken by a typo; the Event, the quarantine metric and ``check`` tell the user
+and the admin. A build that *raises* (input nobody foresaw) is quarantined the same way with the Event
+``Quarantined``, never retried in a loop and never allowed to stop the workers.
 
 A ScaledObject / InterceptorRoute of the same name that is *not* ours (no managed-by label) is never
 taken over: Event ``Rejected``, nothing applied.
@@ -90,6 +93,7 @@ from .events import EventRecorder
 from .kedastatus import DEFAULT_BOUND, REASON_READY, judge
 from .informer import Informer, obj_key, sleep_or_stop, wait_any
 from .metrics import reconciler_metrics
+from .quarantine import DENIED, FAILED, Quarantine
 from .objects import (Key, classify_hpas, convert_elastic_config, describe, hpa_target_key, is_ours_for,
                       live_matches, namespace_enabled, namespace_terminating, restore_replicas, slim_hpa,
                       slim_namespace, slim_owned, slim_workload, workload_key_of_owned)
@@ -106,6 +110,7 @@ EVENT_POLICY_INVALID = "PolicyInvalid"
 EVENT_HPA_REPLACED = "HPAReplaced"
 EVENT_PREREQUISITE_MISSING = "PrerequisiteMissing"
 EVENT_SCALED_FROM_ZERO = "ScaledUpFromZero"
+EVENT_QUARANTINED = "Quarantined"
 
 
 class ForeignObject(Exception):
@@ -142,6 +147,7 @@ class Controller:
         self.elector: LeaderElector | None = None      # set by run_controller with leader election
         self.keda_ready_bound = keda_ready_bound
         self.degraded: set[Key] = set()                # managed workloads held above zero (prerequisites)
+        self.quarantine = Quarantine(self.metrics.quarantined_workloads, self.metrics.quarantines)
         self._keda_warned: set[Key] = set()            # workloads with a KEDA status warning outstanding
         self.discovery = APIDiscovery(kube, interval=discovery_interval, on_change=self._on_api_change)
         self._optional_tasks: dict[str, asyncio.Task] = {}
@@ -209,6 +215,7 @@ class Controller:
             self.degraded.discard(key)
             self.metrics.degraded_workloads.set(len(self.degraded))
             self._keda_warned.discard(key)
+            self.quarantine.release(key)
             for sub in (key, key + ("prerequisite",), key + ("keda",)):
                 self.recorder.forget(sub)
         self.enqueue((kind, ns, name))
@@ -435,6 +442,7 @@ class Controller:
         obj = self.workload_informer(kind).get(ns, name)
         if obj is None:
             self._set_managed(key, False)
+            self.quarantine.release(key)
             self.recorder.forget(key)
             return "gone"            # ownerReferences + garbage collector remove our objects
         if (obj.get("metadata") or {}).get("deletionTimestamp"):
@@ -453,9 +461,13 @@ class Controller:
 
         reason = self.unmanaged_reason(obj, ns_obj)
         if reason:
+            self.quarantine.release(key)
             return await self._unmanage(key, obj, live_so, live_ir, reason)
 
         policy, models = self.brain.policy, self.brain.models
+        version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        if self.quarantine.still_failing(key, version, policy):
+            return "quarantined"     # unchanged since its build raised: not built again
         llmaz_hpas, foreign_hpas = classify_hpas(obj, self.hpas_for(key))
         candidate, patch_ops, notes = obj, [], []
         has_elastic = kind == C.KIND_PLAYGROUND and (obj.get("spec") or {}).get("elasticConfig") is not None
@@ -464,10 +476,24 @@ class Controller:
         try:
             desired = desired_objects(candidate, policy, models, installed)
         except Denied as d:
-            await self.recorder.emit(key, obj, EVENT_REJECTED,
-                                     d.message + (" (existing KEDA objects left unchanged)" if live_so else ""),
-                                     "Warning")
+            kept = (" (refused by the current rules: the existing KEDA objects keep their last good settings, "
+                    "unchanged)" if live_so else "")
+            self.quarantine.hold(key, DENIED, version, policy, d.message)
+            await self.recorder.emit(key, obj, EVENT_REJECTED, d.message + kept, "Warning")
             return "rejected"
+        except Exception as exc:  # noqa: BLE001 - input nobody foresaw: quarantine it, serve the others
+            what = f"{type(exc).__name__}: {str(exc)[:200]}"
+            if self.quarantine.hold(key, FAILED, version, policy, what):
+                log.error("reconcile %s: KEDA objects could not be built (%s); quarantined until the object "
+                          "or the policy changes", "/".join(key), what)
+            await self.recorder.emit(key, obj, EVENT_QUARANTINED,
+                                     f"llmaz-serverless could not build the KEDA objects of this {kind} ({what}); "
+                                     "it is left as it is"
+                                     + (" and its existing KEDA objects keep their last good settings" if live_so
+                                        else "") + " until it is edited. Check its serverless.llmaz.io "
+                                     "annotations", "Warning")
+            return "quarantined"
+        self.quarantine.release(key)
         self._set_degraded(key, bool(desired.missing))
         if desired.missing:
             await self._hold_above_zero(key, obj, desired)
