@@ -22,8 +22,9 @@ class Learner:
     ``REDECIDE_EVERY`` observations (deciding scans the histogram; most idle times change nothing)."""
 
     def __init__(self, objective: float, startup_s: float, polling_s: float, params: Params = Params(),
-                 state: State | None = None) -> None:
+                 state: State | None = None, fallback_s: float = 0.0) -> None:
         self.objective = objective
+        self.fallback_s = fallback_s
         self.startup_s = startup_s
         self.polling_s = polling_s
         self.params = params
@@ -41,7 +42,8 @@ class Learner:
 
     def decision(self, t: float) -> Decision:
         if self._last is None or self.state.changes >= REDECIDE_EVERY or self._last.mode == "policy":
-            self._last = decide(self.state, self.params, t, self.objective, self.startup_s, self.polling_s)
+            self._last = decide(self.state, self.params, t, self.objective, self.startup_s, self.polling_s,
+                                self.fallback_s)
         return self._last
 
 

@@ -7,9 +7,10 @@ candidate (keep alive k after the last activity; or scale in at once, pre-warm a
 scored on the histogram for the GPU time it would have held and the requests it would have made wait, and the
 cheapest candidate whose estimated cold-start share meets the objective wins. Two limits keep that honest:
 
-* a candidate is only worth its cost while it spares requests at no more than ``Params.price_s`` GPU-seconds
-  each; past that (sparse, unpredictable traffic) the learner takes the cheapest candidate at that price --
-  a short keep-alive and no pre-warm;
+* the choice minimises GPU time + price x requests that wait. The price starts at ``Params.min_price_s``
+  GPU-seconds per request (sparing requests that cheaply is always worth it, even below the objective) and
+  doubles until the objective is met, up to ``Params.price_s``; past that (sparse, unpredictable traffic) the
+  objective is given up for the cheapest candidate at that price -- a short keep-alive and no pre-warm;
 * with too little history (``Params.min_idle_times``) it decides nothing: the policy's own settings apply.
 
 Idle times beyond the histogram's 4 hours cannot be covered by a keep-alive or a relative pre-warm; when
@@ -66,9 +67,12 @@ def _sample(ix: list[int], n: int) -> list[int]:
     return sorted({ix[round(k * (len(ix) - 1) / (n - 1))] for k in range(n)})
 
 
-def decide(s: State, p: Params, t: float, objective: float, startup_s: float, polling_s: float) -> Decision:
+def decide(s: State, p: Params, t: float, objective: float, startup_s: float, polling_s: float,
+           fallback_s: float = 0.0) -> Decision:
     """The decision at time ``t`` (an activity just ended). ``startup_s``: scheduling + pull + model load of a
-    replica; ``polling_s``: KEDA's polling interval (a scale-in or a cron window is acted on at a poll)."""
+    replica; ``polling_s``: KEDA's polling interval (a scale-in or a cron window is acted on at a poll);
+    ``fallback_s``: the policy's keep-alive, which a young history (under ``Params.trust_idle_times``) may
+    lengthen but not shorten (the first idle times say little about the tail)."""
     s.changes = 0
     fade = 2.0 ** ((t - s.t0) / p.half_life_s)
     eff = sum(v[0] for v in s.bins.values()) / fade
@@ -106,17 +110,21 @@ def decide(s: State, p: Params, t: float, objective: float, startup_s: float, po
             n += 1
         return n
 
+    young = eff < p.trust_idle_times
+    floor = fallback_s if young else 0.0
     m0 = upto(c0)
     cands: list[tuple[float, float, float, float | None, float]] = []   # (cost, waits, keep, prewarm, unused)
     ks = [j for j in range(m) if (idx[j] + 1) * BIN_S > c0 and (idx[j] + 1) * BIN_S <= p.max_keep_alive_s]
     ks = _sample(ks, MAX_CANDIDATES)
     # keep alive k after the last activity, no pre-warm
     for n, k in [(m0, c0)] + [(j + 1, (idx[j] + 1) * BIN_S) for j in ks]:
+        if k < floor:
+            n, k = upto(floor), floor
         cold_w = W - pw[n] + w_o
         cands.append((pg[n] + cold_w * (k + P + S), H - ph[n] + h_o, k, None, 0.0))
     # scale in after c0, pre-warm so that a replica is ready at p, keep it until k
     base_cost = pg[m0]
-    for j in _sample([j for j in range(m0, m) if idx[j] * BIN_S - lead >= c0 + P], MAX_CANDIDATES):
+    for j in _sample([j for j in range(m0, m) if idx[j] * BIN_S - lead >= c0 + P and not young], MAX_CANDIDATES):
         pre = idx[j] * BIN_S
         a = pre - lead
         mid_cost = (pw[j] - pw[m0]) * (c0 + P + S)
@@ -125,25 +133,33 @@ def decide(s: State, p: Params, t: float, objective: float, startup_s: float, po
             k = (idx[l] + 1) * BIN_S
             if k > p.max_keep_alive_s:
                 break
+            if pw[l + 1] - pw[j] < p.min_prewarm_hit * (W - pw[j] + w_o):
+                continue                     # most pre-warms would go unused: not a pattern, noise
             warm = (pw[l + 1] - pw[j]) * (c0 + P - a) + (pg[l + 1] - pg[j])
             after_w = W - pw[l + 1] + w_o
             after = after_w * (c0 + P + (k + c0 + P - a) + S)
             cands.append((base_cost + mid_cost + warm + after, mid_wait + H - ph[l + 1] + h_o, k, a, after_w))
-    cheapest = min(cands, key=lambda c: (c[0], c[1]))
-    ok = [c for c in cands if c[1] <= objective * R]
-    pick = min(ok, key=lambda c: (c[0], c[1])) if ok else None
-    why = "meets the objective"
-    if pick is None or (pick[1] < cheapest[1] and
-                        (pick[0] - cheapest[0]) > p.price_s * (cheapest[1] - pick[1])):
-        pick = min(cands, key=lambda c: (c[0] + p.price_s * c[1], c[0]))
-        why = (f"the objective would cost more than {p.price_s:g} GPU-seconds per request spared"
-               if ok else "no setting meets the objective on the history")
+    # The price of a waiting request: at least ``min_price_s`` (sparing requests that cheaply is always worth
+    # it), raised until the objective is met, at most ``price_s`` (beyond, the objective is given up).
+    limit = objective * R
+    price = p.min_price_s
+    pick = _best(cands, price)
+    while pick[1] > limit + 1e-9 and price < p.price_s:
+        price = min(price * 2.0, p.price_s)
+        pick = _best(cands, price)
+    why = (f"meets the objective at {price:g} GPU-seconds per request spared" if pick[1] <= limit + 1e-9
+           else f"the objective would cost more than {p.price_s:g} GPU-seconds per request spared")
     cost, waits, k, a, _ = pick
     daily = _daily(s, p, t, fade, lead)
     share = waits / R
     if a is None:
         return Decision("keep-alive", k, None, daily, share, eff, why)
     return Decision("pre-warm", c0, (a, k), daily, share, eff, why)
+
+
+def _best(cands: list[tuple[float, float, float, float | None, float]],
+          price: float) -> tuple[float, float, float, float | None, float]:
+    return min(cands, key=lambda c: (c[0] + price * c[1], c[1]))
 
 
 def _daily(s: State, p: Params, t: float, fade: float, lead: float) -> tuple[tuple[float, float], ...]:

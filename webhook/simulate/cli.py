@@ -18,7 +18,8 @@ from ..preview import InputError, load_documents
 from ..triggers import duration_seconds
 from . import report
 from .baselines import SimulationError, baselines, describe, from_settings
-from .model import PodTiming, Result, simulate
+from .learned import FleetRun, learns, print_fleet_extras, replay
+from .model import PodTiming, Result
 from .recommend import parse_objective, recommend, resolve
 from .traces import FORMATS, ServiceModel, Trace, TraceError, load
 
@@ -69,6 +70,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     obj, policy, models, traces, timing = _inputs(args)
     settings = resolve(obj, {}, policy, models)
     totals: dict[str, Result] = {}
+    fleets: dict[str, FleetRun] = {}
     timelines: dict[str, list[tuple[float, int]]] = {}
     keep = len(traces) == 1
     until = _seconds(args.until, "--until") if args.until else 0.0
@@ -77,7 +79,8 @@ def run_simulate(args: argparse.Namespace) -> int:
         ours = from_settings(settings, policy, horizon, tr.origin)
         configs = {"llmaz-serverless": ours, **{f"baseline {k}": v for k, v in baselines(obj, ours).items()}}
         for name, cfg in configs.items():
-            r = simulate(tr.arrivals, cfg, timing, horizon, keep_timeline=keep)
+            learned = settings if name == "llmaz-serverless" else None
+            r = replay(tr, cfg, timing, horizon, learned, fleets.setdefault(name, FleetRun()), keep)
             totals[name] = totals[name].merge(r) if name in totals else r
             if keep:
                 timelines[name] = r.timeline
@@ -85,11 +88,15 @@ def run_simulate(args: argparse.Namespace) -> int:
     what = f"{len(traces)} workloads" if len(traces) > 1 else first.name
     title = (f"{what}: {sum(t.requests for t in traces):,} requests over {first.horizon / 3600:.1f} h "
              f"({first.source}); {describe(from_settings(settings, policy, first.horizon, first.origin), timing)}")
+    if learns(settings):
+        title += (f"; keep-alive learned per workload (objective {settings.cold_start_objective * 100:g}%, the "
+                  f"cooldown until enough history)")
     report.print_simulation(sys.stdout, title, totals)
+    print_fleet_extras(sys.stdout, fleets)
     if args.out:
         doc = {"trace": args.trace, "workloads": len(traces), "model_load_s": timing.model_load_s,
                "pod_start_s": timing.startup_s, "settings": json.loads(settings.as_annotation()),
-               "results": {k: report.figures(v) for k, v in totals.items()}}
+               "results": {k: {**report.figures(v), **fleets[k].figures()} for k, v in totals.items()}}
         if keep:   # one workload: when each replica change happens, in seconds from the trace start
             doc["scale_events"] = [{"t": round(t, 3), "replicas": n} for t, n in timelines["llmaz-serverless"]]
         with open(args.out, "w", encoding="utf-8") as fh:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Any, Sequence, TextIO
 
 from ..learn import Learner, Params
-from .model import Batch, PodTiming, Result, ScalingConfig, _Sim
+from ..settings import Settings
+from .model import Batch, PodTiming, Result, ScalingConfig, _Sim, simulate
+from .traces import Trace
 
 DAY = 86400.0
 
@@ -104,7 +106,7 @@ def simulate_learned(arrivals: Sequence[Batch], config: ScalingConfig, timing: P
                      keep_timeline: bool = False, learner: Learner | None = None) -> LearnedRun:
     """Replay ``arrivals`` with a learner deciding keep-alive and pre-warm online. ``config`` is the workload's
     static configuration (its cooldown applies while the learner has too little history). Pure."""
-    lr = learner or Learner(objective, timing.startup_s, config.polling_s, params)
+    lr = learner or Learner(objective, timing.startup_s, config.polling_s, params, fallback_s=config.cooldown_s)
     sim = _LearnedSim(config, timing, keep_timeline, lr, day_offset_s)
     sim.run(arrivals, horizon)
     info = sim.run_info
@@ -134,3 +136,41 @@ class FleetRun:
             return 0.0
         s = sorted(self.shares)
         return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+    def figures(self) -> dict[str, Any]:
+        return {"workloads_with_requests": len(self.shares),
+                "workload_waited_share": {"median": round(self.workload_share(0.5), 6),
+                                          "p90": round(self.workload_share(0.9), 6)},
+                "prewarms": self.prewarms, "unused_prewarms": self.unused_prewarms}
+
+
+def learns(s: Settings | None) -> bool:
+    """Whether a replay of ``s`` runs the learner: ``keep-alive: learned`` on a workload that can reach zero."""
+    return s is not None and s.keep_alive == "learned" and s.min_replicas == 0
+
+
+def replay(tr: Trace, cfg: ScalingConfig, timing: PodTiming, horizon: float, settings: Settings | None,
+           fleet: FleetRun, keep_timeline: bool = False, params: Params = Params()) -> Result:
+    """One workload's replay, learned when ``settings`` asks for it; added to ``fleet``."""
+    if learns(settings):
+        assert settings is not None
+        lr = simulate_learned(tr.arrivals, cfg, timing, horizon, settings.cold_start_objective, params,
+                              tr.day_offset(), keep_timeline)
+        fleet.add(lr.result, lr.prewarms, lr.unused_prewarms)
+        return lr.result
+    r = simulate(tr.arrivals, cfg, timing, horizon, keep_timeline=keep_timeline)
+    fleet.add(r)
+    return r
+
+
+def print_fleet_extras(out: TextIO, fleets: dict[str, FleetRun]) -> None:
+    """Per-workload cold-start shares (a fleet) and pre-warms (a learned keep-alive), below the table."""
+    for name, f in fleets.items():
+        parts = []
+        if len(f.shares) > 1:
+            parts.append(f"median workload {f.workload_share(0.5) * 100:.2f}%, p90 workload "
+                         f"{f.workload_share(0.9) * 100:.2f}% of its requests met a cold start")
+        if f.prewarms:
+            parts.append(f"{f.prewarms} pre-warms, {f.unused_prewarms} unused")
+        if parts:
+            out.write(f"{name}: {'; '.join(parts)}\n")

@@ -23,7 +23,8 @@ from ..mutation import mutate
 from ..policy import Policy
 from ..settings import Settings
 from .baselines import SimulationError, from_settings
-from .model import PodTiming, Result, simulate
+from .learned import FleetRun, replay
+from .model import PodTiming, Result
 from .traces import Trace
 
 COOLDOWNS = (60, 120, 300, 600, 900, 1800, 3600)
@@ -165,9 +166,10 @@ def resolve(obj: dict[str, Any], annotations: dict[str, str], policy: Policy, mo
 
 def score(traces: Sequence[Trace], s: Settings, policy: Policy, timing: PodTiming) -> Result:
     total = Result()
+    fleet = FleetRun()
     for tr in traces:
         cfg = from_settings(s, policy, tr.horizon, tr.origin)
-        total = total.merge(simulate(tr.arrivals, cfg, timing, tr.horizon))
+        total = total.merge(replay(tr, cfg, timing, tr.horizon, s, fleet))
     return total
 
 
@@ -209,9 +211,13 @@ def recommend(obj: dict[str, Any], traces: Sequence[Trace], objective: Objective
             tag = f" + warm {w[0]:02d}-{w[1]:02d}h" if w else ""
             run(f"min 0, cooldown {cd}s, polling {polling}s{tag}", candidate_annotations(base, cd, 0, polling, w))
     run("min 1 (always warm)", candidate_annotations(base, 0, 1, polling, None))
+    learned = {C.ANN_MIN_REPLICAS: "0", C.ANN_KEEP_ALIVE: "learned", C.ANN_START_AT_ZERO: "true"}
+    if objective.metric == "cold-start-share":
+        learned[C.ANN_COLD_START_OBJECTIVE] = f"{min(max(objective.limit, 0.0001), 0.5) * 100:g}%"
+    run(f"min 0, keep-alive learned per workload, polling {polling}s", learned)
     ok = [c for c in cands if objective.met(c.result)]
     best = min(ok, key=lambda c: (c.result.gpu_seconds, c.value)) if ok else None
-    if best is not None and best.settings.min_replicas == 0:
+    if best is not None and best.settings.min_replicas == 0 and best.settings.keep_alive != "learned":
         cd = best.settings.cooldown_period
         w = window if C.ANN_TRIGGERS in best.annotations else None
         for p in POLLINGS:
