@@ -43,8 +43,8 @@ class Params:
     min_keep_alive_s: float = 60.0      # the shortest keep-alive the learner sets (one bin)
     max_keep_alive_s: float = BINS * BIN_S
     prior_unseen: float = 1.0          # pseudo-count of an idle time longer than any seen (see ``decide``)
-    min_price_s: float = 30.0           # GPU-seconds always worth spending to spare one request a cold start
-    price_s: float = 900.0              # ... and the most ever spent on that to meet the objective
+    min_price_s: float = 40.0           # GPU-seconds always worth spending to spare one request a cold start
+    price_s: float = 150.0              # ... and the most ever spent on that to meet the objective
     min_prewarm_hit: float = 0.5       # a pre-warm window must catch at least this share of the idle times reaching it
     long_idle_s: float = BINS * BIN_S   # idle times past the histogram count as wake-ups for the daily profile
     daily_min_share: float = 0.6        # a half hour with a wake-up on at least this share of days is pre-warmed
