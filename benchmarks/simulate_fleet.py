@@ -52,7 +52,9 @@ def main() -> int:
     w1, c1 = time.perf_counter(), time.process_time()
     total = Result()
     for tr in traces:
-        total = total.merge(simulate(tr.arrivals, from_settings(settings, policy, tr.horizon), timing, tr.horizon))
+        # as ``simulate`` replays by default: warm start, until back at rest
+        total = total.merge(simulate(tr.arrivals, from_settings(settings, policy, tr.horizon), timing, None,
+                                     start="warm").extend_to(tr.horizon))
     w2, c2 = time.perf_counter(), time.process_time()
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     doc = {

@@ -66,7 +66,7 @@ def simulate(tmp: Path, manifest: str, arrivals: list[float]) -> list[tuple[floa
     run = subprocess.run(
         [sys.executable, "-m", "webhook", "simulate", "--trace", str(trace), "-f", str(workload),
          "--policy", str(MANIFESTS / "policy.yaml"), "--model-load", "3s", "--image-pull", "0s",
-         "--scheduling", "1s", "--until", f"{UNTIL}s", "--out", str(out)],
+         "--scheduling", "1s", "--start", "cold", "--until", f"{UNTIL}s", "--out", str(out)],
         capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
     doc = json.loads(out.read_text())

@@ -12,6 +12,9 @@ from webhook.learn.state import BINS, MAX_ENCODED, SLOTS, observe_idle, observe_
 
 STARTUP = 52.0     # 2 s scheduling + 20 s pull + 30 s load
 POLL = 15.0
+# One request per activity is the hardest case for a price per request spared: tests of the mechanism raise
+# the cap so that the objective decides (the default cap is tested on its own below).
+EAGER = Params(price_s=900.0)
 
 
 def feed(learner: Learner, gaps: list[float], per_activity: int = 1, busy_s: float = 5.0, t: float = 0.0,
@@ -25,6 +28,21 @@ def feed(learner: Learner, gaps: list[float], per_activity: int = 1, busy_s: flo
     return t + busy_s
 
 
+def test_the_price_cap_gives_up_a_costly_objective_and_says_so() -> None:
+    # One request every 30 min (+-20 s): catching the early ones needs the window a minute wider, 60 GPU-s per
+    # period for 0.4 requests spared. Under the default cap (150 GPU-s per request) that is given up;
+    # with a higher cap the window covers them.
+    rng = random.Random(3)
+    gaps = [1800.0 + rng.uniform(-20, 20) for _ in range(60)]
+    capped, eager = Learner(0.01, STARTUP, POLL), Learner(0.01, STARTUP, POLL, EAGER)
+    feed(capped, gaps)
+    t = feed(eager, gaps)
+    c, e = capped.decision(t), eager.decision(t)
+    assert c.prewarm is not None and e.prewarm is not None
+    assert "would cost more than 150 GPU-seconds" in c.reason and c.share > e.share
+    assert e.prewarm[0] < c.prewarm[0]
+
+
 def test_too_little_history_keeps_the_policy_settings() -> None:
     lr = Learner(0.01, STARTUP, POLL)
     t = feed(lr, [600.0, 610.0])
@@ -34,7 +52,7 @@ def test_too_little_history_keeps_the_policy_settings() -> None:
 
 
 def test_periodic_traffic_is_prewarmed_just_before_the_next_request() -> None:
-    lr = Learner(0.01, STARTUP, POLL)
+    lr = Learner(0.01, STARTUP, POLL, EAGER)
     rng = random.Random(3)
     t = feed(lr, [1800.0 + rng.uniform(-20, 20) for _ in range(60)])
     d = lr.decision(t)
@@ -79,7 +97,7 @@ def test_bursts_with_long_unpredictable_pauses_are_not_held_warm_between_bursts(
 
 
 def test_daily_wake_up_is_prewarmed_by_time_of_day() -> None:
-    lr = Learner(0.01, STARTUP, POLL)
+    lr = Learner(0.01, STARTUP, POLL, EAGER)
     t = 0.0
     lr.requests(t, 1)
     for day in range(6):
@@ -98,7 +116,7 @@ def test_daily_wake_up_is_prewarmed_by_time_of_day() -> None:
 
 
 def test_old_history_fades_when_the_pattern_changes() -> None:
-    p = Params(half_life_s=6 * 3600.0, trust_idle_times=3.0)
+    p = Params(half_life_s=6 * 3600.0, trust_idle_times=3.0, price_s=900.0)
     lr = Learner(0.01, STARTUP, POLL, p)
     t = feed(lr, [1800.0] * 100)                               # two days every 30 min
     assert lr.decision(t).prewarm[1] <= 1920
@@ -112,10 +130,10 @@ def test_a_prewarm_that_would_mostly_go_unused_is_not_made() -> None:
     # two times out of three.
     rng = random.Random(2)
     gaps = [1800.0 if i % 3 == 0 else rng.uniform(5 * 3600, 12 * 3600) for i in range(90)]
-    lr = Learner(0.01, STARTUP, POLL, Params(half_life_s=1e9))
+    lr = Learner(0.01, STARTUP, POLL, Params(half_life_s=1e9, price_s=900.0))
     t = feed(lr, gaps)
     assert lr.decision(t).prewarm is None
-    regular = Learner(0.01, STARTUP, POLL, Params(half_life_s=1e9))
+    regular = Learner(0.01, STARTUP, POLL, Params(half_life_s=1e9, price_s=900.0))
     t = feed(regular, [1800.0 if i % 3 else rng.uniform(5 * 3600, 12 * 3600) for i in range(90)])
     assert regular.decision(t).prewarm is not None     # two times out of three: worth it
 

@@ -37,7 +37,7 @@ def test_periodic_requests_find_a_prewarmed_replica_after_learning() -> None:
     # The policy's cooldown until the history is trusted (30 idle times), then a pre-warm before each request:
     # the two more days add no wait at all.
     assert learning.waited <= 36 and r.waited == learning.waited
-    assert run.prewarms >= 150 and run.unused_prewarms == 0
+    assert run.result.prewarms >= 150 and run.result.unused_prewarms == 0
     # About 6 minutes warm per half hour (load ahead, a minute's margin, the scale-in), not 10 min + a load.
     assert r.gpu_hours < 0.6 * static.gpu_hours and r.gpu_hours < 0.25 * 96
     assert "pre-warm" in run.final
@@ -46,7 +46,7 @@ def test_periodic_requests_find_a_prewarmed_replica_after_learning() -> None:
 def test_a_prewarm_that_finds_no_request_is_counted_unused_and_lapses_by_itself() -> None:
     arr = periodic(1800.0, 40)                           # then silence for 8 hours
     run = simulate_learned(arr, ZERO, T, 48 * 3600.0, 0.01, keep_timeline=True)
-    assert run.unused_prewarms == 1
+    assert run.result.unused_prewarms == 1
     t_last, n_last = run.result.timeline[-1]
     assert n_last == 0 and t_last < 40 * 3600 + 1800 + 600   # the window ended and KEDA scaled in
 
@@ -55,7 +55,7 @@ def test_without_enough_history_the_static_cooldown_applies() -> None:
     arr = [(0.0, 1, 5.0), (400.0, 1, 5.0), (800.0, 1, 5.0)]
     run = simulate_learned(arr, ZERO, T, 3000.0, 0.01, keep_timeline=True)
     static = simulate(arr, ZERO, T, 3000.0, keep_timeline=True)
-    assert run.result.timeline == static.timeline and run.prewarms == 0
+    assert run.result.timeline == static.timeline and run.result.prewarms == 0
 
 
 def test_annotations_are_validated_and_resolved() -> None:

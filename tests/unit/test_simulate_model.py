@@ -46,7 +46,7 @@ def test_gap_just_over_the_cooldown_is_a_second_cold_start():
 def test_readiness_timeout_fails_held_requests():
     cfg = ScalingConfig(**{**ZERO.__dict__, "readiness_timeout_s": 60.0})
     r = simulate([(0.0, 1, 5.0)], cfg, T, horizon=2000, keep_timeline=True)
-    assert (r.failed, r.waited, r.waits) == (1, 1, [])
+    assert (r.failed, r.waited, r.waits) == (1, 1, [(60.0, 1)])   # a failed request's wait: until it failed
     assert r.timeline == [(0.25, 1), (675, 0)]       # inactive from 60 s: first poll after 660
 
 
@@ -62,7 +62,7 @@ def test_polled_trigger_waits_for_the_poll_and_activation_is_strict():
 def test_initial_cooldown_from_creation():
     cfg = ScalingConfig(min_replicas=0, max_replicas=2, cooldown_s=60, polling_s=15, initial_cooldown_s=300,
                         start_at_zero=False)
-    r = simulate([], cfg, T, horizon=1000, keep_timeline=True)
+    r = simulate([], cfg, T, horizon=1000, keep_timeline=True, start="created")
     assert r.timeline == [(0.0, 1), (315, 0)]
 
 

@@ -99,3 +99,87 @@ def test_unknown_timestamp_column_with_an_explicit_format(tmp_path):
         load(p, "timestamps-csv", service=SVC)
     with pytest.raises(TraceError, match="no such file"):
         load(str(tmp_path / "missing.csv"))
+
+
+# ------------------------------------------------------------------------------------------ units and bounds
+
+def test_mooncake_milliseconds_and_token_lengths(tmp_path):
+    p = write(tmp_path, "mooncake_trace.jsonl",
+              '{"timestamp": 0, "input_length": 1000, "output_length": 100, "hash_ids": [0, 1]}\n'
+              '{"timestamp": 3600000, "input_length": 2000, "output_length": 0, "hash_ids": [0]}\n')
+    (tr,) = load(p, service=SVC)
+    assert tr.arrivals == [(0.0, 1, pytest.approx(2.0)), (3600.0, 1, pytest.approx(2.0))]
+    assert tr.horizon == pytest.approx(3601.0) and tr.source == "Mooncake trace"
+    assert any("milliseconds" in n for n in tr.notes) and any("token counts" in n for n in tr.notes)
+    (sec,) = load(p, service=SVC, time_unit="s")                     # the override wins
+    assert sec.arrivals[1][0] == 3600000.0
+
+
+@pytest.mark.parametrize("values,unit,gap", [
+    (("1700000000", "1700000060"), "s", 60.0),
+    (("1700000000000", "1700000060000"), "ms", 60.0),
+    (("1700000000000000", "1700000060000000"), "us", 60.0),
+])
+def test_epoch_magnitudes_give_the_unit(tmp_path, values, unit, gap):
+    p = write(tmp_path, "e.csv", "timestamp\n" + "\n".join(values) + "\n")
+    (tr,) = load(p, service=SVC)
+    assert tr.arrivals[1][0] == pytest.approx(gap) and any(f"read in {unit}" in n for n in tr.notes)
+    assert tr.origin is not None and tr.origin.year == 2023
+
+
+@pytest.mark.parametrize("name,text,expect", [
+    ("n.csv", "timestamp\n0\nnan\n", "n.csv:3: cannot read"),
+    ("i.csv", "timestamp\n0\ninf\n", "i.csv:3: cannot read"),
+    ("big.csv", "timestamp\n0\n1\n1e15\n", "big.csv:4: the timestamps span"),
+    ("tok.csv", "timestamp,input_tokens\n0,nan\n", "tok.csv:2: token count nan is not a finite number"),
+    ("r.csv", "start,rate\n600,1e9\n", "r.csv:2: the rows up to here ask for about 600,000,000,000 requests"),
+    ("c.csv", "start,count\n0,inf\n", "c.csv:2: count inf is not a finite number"),
+    ("s.csv", "start,rate\nnan,1\n", "s.csv:2: start nan is not a finite number"),
+    ("m.jsonl", '{"timestamp": NaN}\n', "m.jsonl:1: cannot read"),
+])
+def test_impossible_values_are_refused_in_one_line(tmp_path, name, text, expect):
+    p = write(tmp_path, name, text)
+    with pytest.raises(TraceError) as err:
+        load(p, service=SVC)
+    msg = str(err.value)
+    assert expect in msg and "\n" not in msg
+
+
+# ------------------------------------------------------------------------------------------ Azure layouts
+
+def test_azure_functions_2019_original_layout_with_a_subset_of_minutes(tmp_path):
+    d = tmp_path / "af2019"
+    d.mkdir()
+    (d / "invocations_per_function_md.anon.d01.csv").write_text(
+        "HashOwner,HashApp,HashFunction,Trigger,600,601,602\n"
+        "o1,a1,f1,http,1,0,2\n"
+        "o1,a1,f2,timer,0,0,0\n"
+        "o2,a2,f3,queue,120,0,0\n")
+    (d / "function_durations_percentiles.anon.d01.csv").write_text(
+        "HashOwner,HashApp,HashFunction,Average,Count\no1,a1,f1,250,3\n")
+    traces = load(str(d), seed=1)
+    assert [t.requests for t in traces] == [3, 0, 120]
+    f1 = traces[0]
+    assert f1.horizon == 180 and f1.arrivals[0][2] == 0.25 and 120 <= f1.arrivals[-1][0] < 180
+    assert f1.day_offset() == 599 * 60                        # minute 600 keeps its time of day
+    # a busy minute is batched per second: 120 calls -> 60 batches of 2
+    busy = traces[2]
+    assert len(busy.arrivals) == 60 and {n for _, n, _ in busy.arrivals} == {2} and busy.arrivals[0][2] == 1.0
+    assert load(str(d / "invocations_per_function_md.anon.d01.csv"), limit=1)[0].requests == 3
+
+
+def test_azure_functions_2021_per_invocation_layout(tmp_path):
+    p = write(tmp_path, "AzureFunctionsInvocationTraceForTwoWeeksJan2021.txt",
+              "app,func,end_timestamp,duration\n"
+              "a1,f1,10.5,0.5\na1,f2,20.0,2.0\na1,f1,100.0,1.0\n")
+    traces = load(p)
+    assert [t.name for t in traces] == ["f1", "f2"]
+    assert traces[0].arrivals == [(10.0, 1, 0.5), (99.0, 1, 1.0)] and traces[1].arrivals == [(18.0, 1, 2.0)]
+    assert traces[0].horizon == 100.0 and "own duration" in traces[0].notes[0]
+
+
+def test_azure_llm_code_trace_is_labelled_code(tmp_path):
+    p = write(tmp_path, "AzureLLMInferenceTrace_code.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+              "2023-11-16 18:15:46.6805900,374,44\n")
+    (tr,) = load(p, service=SVC)
+    assert tr.source == "Azure LLM inference (code)"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import zoneinfo
 from dataclasses import replace
 from typing import Any
 
@@ -55,26 +56,33 @@ def _daily(expr: str) -> tuple[int, set[int]]:
 
 def cron_windows(preset: CronTrigger, horizon: float, origin: dt.datetime | None,
                  policy: Policy) -> tuple[tuple[float, float, int], ...]:
-    """Absolute windows ``[start, end)`` of a cron trigger over ``[0, horizon)``, in UTC.
+    """Absolute windows ``[start, end)`` of a cron trigger over ``[0, horizon)``, in seconds from t = 0.
 
-    Time zones other than UTC are not converted (the report's traces are all UTC); say so rather than guess."""
-    tz = preset.timezone or policy.timezone
-    if tz not in ("UTC", "Etc/UTC"):
-        raise SimulationError(f"cron timezone {tz!r} is not simulated; set timezone: UTC on the trigger")
+    The window's times are local to the trigger's IANA timezone (as KEDA's cron scaler reads them), converted
+    with the standard library's zoneinfo, daylight-saving changes included; weekdays are local too."""
+    tz_name = preset.timezone or policy.timezone
+    try:
+        tz = zoneinfo.ZoneInfo(tz_name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise SimulationError(f"cron timezone {tz_name!r} is not an IANA timezone; write e.g. Europe/Berlin "
+                              "or UTC") from None
     start_s, days = _daily(preset.start)
     end_s, _ = _daily(preset.end)
     o = origin or dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-    midnight = o.replace(hour=0, minute=0, second=0, microsecond=0)
-    base = -(o - midnight).total_seconds()
+    first_day = o.astimezone(tz).date()
     out = []
     for d in range(-1, int(horizon // 86400) + 2):
-        day0 = base + d * 86400
-        weekday = ((midnight + dt.timedelta(days=d)).weekday() + 1) % 7   # Sunday = 0, as cron
-        if weekday not in days:
+        day = first_day + dt.timedelta(days=d)
+        if (day.weekday() + 1) % 7 not in days:        # Sunday = 0, as cron
             continue
-        s, e = day0 + start_s, day0 + end_s
-        if e <= s:
-            e += 86400
+        midnight = dt.datetime(day.year, day.month, day.day, tzinfo=tz)
+        s_at = midnight + dt.timedelta(seconds=start_s)
+        e_at = midnight + dt.timedelta(seconds=end_s)
+        if e_at <= s_at:
+            e_at += dt.timedelta(days=1)
+        # aware arithmetic keeps the wall clock; astimezone applies that day's offset (fold 0 on a repeated hour)
+        s = (s_at.astimezone(dt.timezone.utc) - o).total_seconds()
+        e = (e_at.astimezone(dt.timezone.utc) - o).total_seconds()
         if e > 0 and s < horizon:
             out.append((max(s, 0.0), min(e, horizon), preset.desiredReplicas))
     return tuple(out)

@@ -16,38 +16,53 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence, TextIO
+from typing import Sequence
 
 from ..learn import Learner, Params
 from ..settings import Settings
-from .model import Batch, PodTiming, Result, ScalingConfig, _Sim, simulate
-from .traces import Trace
+from .model import Batch, PodTiming, ScalingConfig, _Sim
+from .result import Result
 
 DAY = 86400.0
 
 
+@dataclass(frozen=True)
+class LearnedConfig:
+    """A workload with ``keep-alive: learned``: its static configuration (the cooldown applies while the
+    learner has too little history) and its objective. ``replay.run_configs`` replays it with the learner."""
+
+    config: ScalingConfig
+    objective: float
+    params: Params = Params()
+
+
+def learned_config(s: Settings, cfg: ScalingConfig) -> ScalingConfig | LearnedConfig:
+    """``cfg`` as it is replayed: with the learner when ``s`` asks for it on a workload that can reach zero."""
+    if s.keep_alive == "learned" and s.min_replicas == 0 and cfg.autoscale and cfg.keda:
+        return LearnedConfig(cfg, s.cold_start_objective)
+    return cfg
+
+
 @dataclass
 class LearnedRun:
-    """A replay's ``Result`` plus what only a learned replay has."""
+    """A replay's ``Result`` (pre-warms included) plus what only a learned replay has."""
 
     result: Result
-    prewarms: int = 0
-    unused_prewarms: int = 0
     decisions: dict[str, int] = field(default_factory=dict)   # mode -> idle periods decided in that mode
     final: str = ""                                           # the last decision, as a line
 
 
 class _LearnedSim(_Sim):
-    def __init__(self, cfg: ScalingConfig, timing: PodTiming, keep_timeline: bool, learner: Learner,
-                 day_offset_s: float) -> None:
-        super().__init__(cfg, timing, keep_timeline)
+    def __init__(self, cfg: ScalingConfig, timing: PodTiming, keep_timeline: bool, score_from: float,
+                 learner: Learner, day_offset_s: float) -> None:
+        super().__init__(cfg, timing, keep_timeline, score_from)
         self.learner = learner
         self.day_offset = day_offset_s
         self.static_cron = cfg.cron
         self.static_cooldown = cfg.cooldown_s
         self.idle_since: float | None = None
         self.prewarm_pending = False
-        self.run_info = LearnedRun(self.r)
+        self.decisions: dict[str, int] = {}
 
     # -- the learner sees activity
     def _demand_changed(self, before: int, t: float) -> None:
@@ -70,8 +85,7 @@ class _LearnedSim(_Sim):
     # -- the decision goes out through KEDA's fields
     def _apply(self, t: float) -> None:
         d = self.learner.decision(t)
-        info = self.run_info
-        info.decisions[d.mode] = info.decisions.get(d.mode, 0) + 1
+        self.decisions[d.mode] = self.decisions.get(d.mode, 0) + 1
         cooldown = self.static_cooldown if d.keep_alive_s is None else float(d.keep_alive_s)
         windows = [w for w in self.static_cron if w[1] > t]
         if d.prewarm is not None:
@@ -90,87 +104,27 @@ class _LearnedSim(_Sim):
 
     def _wake(self, t: float) -> None:
         if self.demand <= self.cfg.activation:
-            self.run_info.prewarms += 1
+            if t >= self.sf:
+                self.r.prewarms += 1
             self.prewarm_pending = True
         super()._wake(t)
 
     def _set_replicas(self, n: int, t: float) -> None:
         if n == 0 and self.replicas > 0 and self.prewarm_pending:
-            self.run_info.unused_prewarms += 1
+            if t >= self.sf:
+                self.r.unused_prewarms += 1
             self.prewarm_pending = False
         super()._set_replicas(n, t)
 
 
-def simulate_learned(arrivals: Sequence[Batch], config: ScalingConfig, timing: PodTiming, horizon: float,
-                     objective: float, params: Params = Params(), day_offset_s: float = 0.0,
-                     keep_timeline: bool = False, learner: Learner | None = None) -> LearnedRun:
-    """Replay ``arrivals`` with a learner deciding keep-alive and pre-warm online. ``config`` is the workload's
-    static configuration (its cooldown applies while the learner has too little history). Pure."""
+def simulate_learned(arrivals: Sequence[Batch], config: ScalingConfig, timing: PodTiming,
+                     horizon: float | None, objective: float, params: Params = Params(), day_offset_s: float = 0.0,
+                     keep_timeline: bool = False, start: str = "cold", score_from: float = 0.0,
+                     learner: Learner | None = None) -> LearnedRun:
+    """Replay ``arrivals`` with a learner deciding keep-alive and pre-warm online; the arguments are those of
+    ``model.simulate``. ``config`` is the workload's static configuration (its cooldown applies while the
+    learner has too little history). Pure."""
     lr = learner or Learner(objective, timing.startup_s, config.polling_s, params, fallback_s=config.cooldown_s)
-    sim = _LearnedSim(config, timing, keep_timeline, lr, day_offset_s)
-    sim.run(arrivals, horizon)
-    info = sim.run_info
-    info.final = lr.decision(horizon).summary()
-    return info
-
-
-@dataclass
-class FleetRun:
-    """A fleet replay: the summed ``Result`` and, per workload with requests, its cold-start share."""
-
-    result: Result = field(default_factory=Result)
-    shares: list[float] = field(default_factory=list)
-    prewarms: int = 0
-    unused_prewarms: int = 0
-
-    def add(self, r: Result, prewarms: int = 0, unused: int = 0) -> None:
-        self.result = self.result.merge(r) if self.result.requests or self.result.duration_s else r
-        if r.requests:
-            self.shares.append(r.waited_share)
-        self.prewarms += prewarms
-        self.unused_prewarms += unused
-
-    def workload_share(self, q: float) -> float:
-        """Cold-start share of the workload at quantile ``q`` (0.5: the median workload)."""
-        if not self.shares:
-            return 0.0
-        s = sorted(self.shares)
-        return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
-
-    def figures(self) -> dict[str, Any]:
-        return {"workloads_with_requests": len(self.shares),
-                "workload_waited_share": {"median": round(self.workload_share(0.5), 6),
-                                          "p90": round(self.workload_share(0.9), 6)},
-                "prewarms": self.prewarms, "unused_prewarms": self.unused_prewarms}
-
-
-def learns(s: Settings | None) -> bool:
-    """Whether a replay of ``s`` runs the learner: ``keep-alive: learned`` on a workload that can reach zero."""
-    return s is not None and s.keep_alive == "learned" and s.min_replicas == 0
-
-
-def replay(tr: Trace, cfg: ScalingConfig, timing: PodTiming, horizon: float, settings: Settings | None,
-           fleet: FleetRun, keep_timeline: bool = False, params: Params = Params()) -> Result:
-    """One workload's replay, learned when ``settings`` asks for it; added to ``fleet``."""
-    if learns(settings):
-        assert settings is not None
-        lr = simulate_learned(tr.arrivals, cfg, timing, horizon, settings.cold_start_objective, params,
-                              tr.day_offset(), keep_timeline)
-        fleet.add(lr.result, lr.prewarms, lr.unused_prewarms)
-        return lr.result
-    r = simulate(tr.arrivals, cfg, timing, horizon, keep_timeline=keep_timeline)
-    fleet.add(r)
-    return r
-
-
-def print_fleet_extras(out: TextIO, fleets: dict[str, FleetRun]) -> None:
-    """Per-workload cold-start shares (a fleet) and pre-warms (a learned keep-alive), below the table."""
-    for name, f in fleets.items():
-        parts = []
-        if len(f.shares) > 1:
-            parts.append(f"median workload {f.workload_share(0.5) * 100:.2f}%, p90 workload "
-                         f"{f.workload_share(0.9) * 100:.2f}% of its requests met a cold start")
-        if f.prewarms:
-            parts.append(f"{f.prewarms} pre-warms, {f.unused_prewarms} unused")
-        if parts:
-            out.write(f"{name}: {'; '.join(parts)}\n")
+    sim = _LearnedSim(config, timing, keep_timeline, score_from, lr, day_offset_s)
+    r = sim.run(arrivals, horizon, start)
+    return LearnedRun(r, sim.decisions, lr.decision(r.duration_s).summary())

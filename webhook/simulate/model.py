@@ -29,6 +29,22 @@ in docs/scaling-report.md ("The model"); the short form:
 * Pods: a new pod holds its GPU from creation and is ready after scheduling + image pull + model load. On scale
   in, pods that are not ready go first (as the ReplicaSet controller ranks them).
 
+Where a replay starts and ends is part of its input, not of the rules (a trace is a slice of a longer life):
+
+* ``start="warm"``: the steady state before the first request. The workload was serving until t = 0 (recent
+  activity): ``max(minReplicas, 1)`` replicas ready and ``lastActiveTime = 0``, so with nothing to do it
+  scales in one cooldown later. When the trace opens with an idle stretch longer than the cooldown (or has
+  no request at all), the workload would be at rest by its first request whatever came before, so it starts
+  at rest instead of being billed for a cooldown that serves nobody.
+  ``start="cold"``: at rest since long before t = 0: ``minReplicaCount`` replicas (0 when it scales to zero;
+  the HPA floor of 1 for a plain HPA). ``start="created"``: the object is created at t = 0
+  (``start-at-zero`` and ``initialCooldownPeriod`` apply). Replicas present at t = 0 are ready.
+* ``score_from``: a warm-up. Everything runs from t = 0, but only GPU time after ``score_from`` and requests
+  arriving from then on are counted.
+* ``horizon=None`` (the default): run until every request is served (or failed) and the workload is back at
+  rest, so the last cooldown is billed. A given horizon cuts the replay there; requests still held at the cut
+  are counted as ``cut``, never as failed (unless nothing could ever wake the workload to serve them).
+
 Simplifications (also in the report): requests are served as soon as one replica is ready, with no queueing
 behind busy replicas (``overloaded`` counts requests arriving above the per-replica target instead); service
 time is fixed per request; the scaler's 200 ms stream and 500 ms queue ticks are treated as instant; KEDA's
@@ -40,8 +56,12 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
+
+from .result import Result
+
+__all__ = ["Batch", "PodTiming", "Result", "ScalingConfig", "simulate"]
 
 # One arrival batch: (time in seconds from the trace start, number of requests, service time in seconds).
 Batch = tuple[float, int, float]
@@ -101,79 +121,6 @@ class ScalingConfig:
     gpus_per_replica: int = 1
 
 
-@dataclass
-class Result:
-    """Figures of one replay (or a sum of replays, see ``merge``)."""
-
-    duration_s: float = 0.0
-    replica_seconds: float = 0.0
-    gpu_seconds: float = 0.0
-    requests: int = 0
-    activations: int = 0              # 0 -> 1 scale-ups (cold starts)
-    pod_starts: int = 0
-    waited: int = 0                   # requests held for a cold start
-    failed: int = 0                   # readiness timeout exceeded, or never served
-    overloaded: int = 0               # arrived while demand was above ready replicas x target
-    peak_replicas: int = 0
-    events: int = 0
-    waits: list[tuple[float, int]] = field(default_factory=list)   # (added wait, requests) of served waiters
-    timeline: list[tuple[float, int]] = field(default_factory=list)  # (time, replicas) at each change
-
-    @property
-    def gpu_hours(self) -> float:
-        return self.gpu_seconds / 3600.0
-
-    @property
-    def replica_hours(self) -> float:
-        return self.replica_seconds / 3600.0
-
-    @property
-    def waited_share(self) -> float:
-        return self.waited / self.requests if self.requests else 0.0
-
-    def wait_quantile(self, q: float) -> float:
-        """Added wait at quantile ``q`` over *all* requests (a request that did not wait added 0)."""
-        if not self.requests:
-            return 0.0
-        rank = q * self.requests
-        no_wait = self.requests - sum(n for _, n in self.waits)
-        if rank <= no_wait:
-            return 0.0
-        seen = no_wait
-        for w, n in sorted(self.waits):
-            seen += n
-            if seen >= rank:
-                return w
-        return max((w for w, _ in self.waits), default=0.0)
-
-    def waiter_quantile(self, q: float) -> float:
-        """Added wait at quantile ``q`` among the requests that waited."""
-        total = sum(n for _, n in self.waits)
-        if not total:
-            return 0.0
-        seen = 0
-        for w, n in sorted(self.waits):
-            seen += n
-            if seen >= q * total:
-                return w
-        return self.waits[-1][0]
-
-    @property
-    def max_wait(self) -> float:
-        return max((w for w, _ in self.waits), default=0.0)
-
-    def merge(self, other: "Result") -> "Result":
-        """Sum of two workloads run side by side (a fleet): costs and counts add, peaks add (worst case)."""
-        return Result(
-            duration_s=max(self.duration_s, other.duration_s),
-            replica_seconds=self.replica_seconds + other.replica_seconds,
-            gpu_seconds=self.gpu_seconds + other.gpu_seconds, requests=self.requests + other.requests,
-            activations=self.activations + other.activations, pod_starts=self.pod_starts + other.pod_starts,
-            waited=self.waited + other.waited, failed=self.failed + other.failed,
-            overloaded=self.overloaded + other.overloaded, peak_replicas=self.peak_replicas + other.peak_replicas,
-            events=self.events + other.events, waits=self.waits + other.waits)
-
-
 def _rules(behavior: dict[str, Any] | None, key: str, default: dict[str, Any]) -> dict[str, Any]:
     """The API server fills unset fields of a scaling rule from the defaults (autoscaling/v2 defaults.go)."""
     given = (behavior or {}).get(key) or {}
@@ -206,8 +153,9 @@ def _grid_before(x: float, period: float) -> float:
 class _Sim:
     """Mutable state of one replay; ``simulate`` is the pure entry point."""
 
-    def __init__(self, cfg: ScalingConfig, timing: PodTiming, keep_timeline: bool) -> None:
+    def __init__(self, cfg: ScalingConfig, timing: PodTiming, keep_timeline: bool, score_from: float = 0.0) -> None:
         self.cfg = cfg
+        self.sf = score_from
         self.startup = timing.startup_s
         self.keep_timeline = keep_timeline
         self.r = Result()
@@ -233,8 +181,12 @@ class _Sim:
 
     # ------------------------------------------------------------------ bookkeeping
     def _account(self, t: float) -> None:
-        self.r.replica_seconds += self.replicas * (t - self.area_t)
-        self.area_t = t
+        lo = max(self.area_t, self.sf)
+        if t > lo:
+            self.r.replica_seconds += self.replicas * (t - lo)
+            if self.area_t <= self.sf:
+                self.r.peak_replicas = max(self.r.peak_replicas, self.replicas)   # replicas when scoring starts
+        self.area_t = max(self.area_t, t)
         self.now = t
 
     def _set_replicas(self, n: int, t: float) -> None:
@@ -244,7 +196,8 @@ class _Sim:
         if n > self.replicas:
             for _ in range(n - self.replicas):
                 self.starting.append(t + self.startup)
-            self.r.pod_starts += n - self.replicas
+            if t >= self.sf:
+                self.r.pod_starts += n - self.replicas
         else:
             drop = self.replicas - n
             while drop and self.starting:          # not-ready pods are deleted first
@@ -252,7 +205,8 @@ class _Sim:
                 drop -= 1
             self.ready -= drop
         self.replicas = n
-        self.r.peak_replicas = max(self.r.peak_replicas, n)
+        if t >= self.sf:
+            self.r.peak_replicas = max(self.r.peak_replicas, n)
         if self.keep_timeline:
             self.r.timeline.append((t, n))
 
@@ -354,7 +308,8 @@ class _Sim:
 
     def _wake(self, t: float) -> None:
         self._set_replicas(max(self.cfg.min_replicas, 1), t)
-        self.r.activations += 1
+        if t >= self.sf:
+            self.r.activations += 1
         self.last_active = t
         self.wake_at = None
 
@@ -439,9 +394,11 @@ class _Sim:
     # ------------------------------------------------------------------ requests
     def _arrive(self, t: float, n: int, service: float) -> None:
         before = self.demand
-        self.r.requests += n
+        scored = t >= self.sf
+        if scored:
+            self.r.requests += n
         if self.ready > 0:
-            if self.cfg.target is not None and before + n > self.ready * self.cfg.target:
+            if scored and self.cfg.target is not None and before + n > self.ready * self.cfg.target:
                 self.r.overloaded += n
             heapq.heappush(self.inflight, (t + service, n))
             self.inflight_n += n
@@ -457,8 +414,9 @@ class _Sim:
         before = self.demand
         while self.held:
             ta, n, s = self.held.popleft()
-            self.r.waited += n
-            self.r.waits.append((t - ta, n))
+            if ta >= self.sf:
+                self.r.waited += n
+                self.r.waits.append((t - ta, n))
             heapq.heappush(self.inflight, (t + s, n))
             self.inflight_n += n
         self.held_n = 0
@@ -468,21 +426,54 @@ class _Sim:
         before = self.demand
         limit = self.cfg.readiness_timeout_s
         while self.held and self.held[0][0] + limit <= t:
-            _, n, _ = self.held.popleft()
+            ta, n, _ = self.held.popleft()
             self.held_n -= n
-            self.r.waited += n
-            self.r.failed += n
+            if ta >= self.sf:
+                self.r.waited += n
+                self.r.failed += n
+                self.r.waits.append((t - ta, n))
         self._demand_changed(before, t)
 
-    def run(self, arrivals: Sequence[Batch], horizon: float) -> Result:
+    def _settle_s(self) -> float:
+        """How long HPA syncs alone may go on after the last other event before the replay counts the workload
+        as at rest: the stabilisation windows and rate-limit periods have all passed by then."""
+        periods = [p["periodSeconds"] for p in self.up["policies"] + self.down["policies"]]
+        return (max(self.up["stabilizationWindowSeconds"], self.down["stabilizationWindowSeconds"])
+                + max(periods + [0]) + 2 * self.cfg.hpa_sync_s)
+
+    def _start(self, start: str, first_arrival: float) -> None:
         cfg = self.cfg
+        if start not in ("warm", "cold", "created"):
+            raise ValueError(f"start {start!r}: use warm, cold or created")
+        if start == "warm" and cfg.keda and first_arrival > cfg.cooldown_s:
+            start = "cold"                              # idle for longer than the cooldown: at rest by then
         if not cfg.autoscale:
-            self._set_replicas(cfg.min_replicas, 0.0)
-        elif not cfg.start_at_zero or cfg.min_replicas > 0 or not cfg.keda:
-            self._set_replicas(max(cfg.min_replicas, 1), 0.0)
+            n = cfg.min_replicas
+        elif start == "warm" or not cfg.keda:
+            n = max(cfg.min_replicas, 1)
+        elif start == "cold":
+            n = cfg.min_replicas
+        else:
+            n = cfg.min_replicas if cfg.start_at_zero else max(cfg.min_replicas, 1)
+        self._set_replicas(n, 0.0)
         # The workload existed before the trace: replicas present at t=0 are ready.
         self.starting.clear()
         self.ready = self.replicas
+        if start == "warm" and cfg.autoscale and cfg.keda and n > 0:
+            self.last_active = 0.0                      # the last request before the trace ended at t = 0
+
+    def _wakeable(self) -> bool:
+        """Would anything still serve the held requests if the replay went on?"""
+        return bool(self.starting) or self.wake_at is not None or self.ready > 0 or (
+            self.replicas == 0 and self._keda_poll_time() is not None)
+
+    def run(self, arrivals: Sequence[Batch], horizon: float | None, start: str = "cold") -> Result:
+        cfg = self.cfg
+        self._start(start, arrivals[0][0] if arrivals else math.inf)
+        at_rest = horizon is None
+        stop = math.inf if horizon is None else horizon
+        settle = self._settle_s()
+        busy_until = 0.0                                # time of the last event other than an HPA sync
         i, n_arr = 0, len(arrivals)
         inf = math.inf
         events = 0
@@ -502,10 +493,15 @@ class _Sim:
                     nxt = self.hpa_last + cfg.hpa_sync_s
                 t_hpa = nxt
             t_edge = self._next_cron_edge()
+            t_other = min(t_done, t_ready, t_fail, t_wake, t_poll, t_edge, t_arr)
+            if at_rest and t_other == inf and t_hpa > busy_until + settle:
+                break                                   # only syncs that change nothing are left: at rest
             t_int = min(t_done, t_ready, t_fail, t_wake, t_poll, t_hpa, t_edge)
             t = min(t_int, t_arr)
-            if t == inf or t > horizon:
+            if t == inf or t > stop:
                 break
+            if t < t_hpa:
+                busy_until = t
             events += 1
             self._account(t)
             if t_done == t:
@@ -539,19 +535,37 @@ class _Sim:
                 a = arrivals[i]
                 i += 1
                 self._arrive(a[0], a[1], a[2])
-        self._account(horizon)
-        self.r.failed += self.held_n               # still held at the end: never served
-        self.r.waited += self.held_n
-        self.r.duration_s = horizon
+        last_arrival = arrivals[-1][0] if arrivals else 0.0
+        end = max(self.now, last_arrival, self.sf) if at_rest else stop
+        self._account(end)
+        never = not self._wakeable()
+        for ta, n, _ in self.held:
+            if ta < self.sf:
+                continue
+            if never:                               # nothing would ever serve it: failed
+                self.r.failed += n
+                self.r.waited += n
+                self.r.waits.append((end - ta, n))
+            else:                                   # cut by the horizon: neither served nor failed
+                self.r.cut += n
+        self.r.duration_s = end
+        self.r.scored_from = self.sf
         self.r.gpu_seconds = self.r.replica_seconds * cfg.gpus_per_replica
+        self.r.rest_replicas = self.replicas
+        self.r.rest_gpus = self.replicas * cfg.gpus_per_replica
+        self.r.workloads = 1
+        if self.r.requests:
+            self.r.workload_shares = [self.r.waited / self.r.requests]
         self.r.events = events
         return self.r
 
 
 def simulate(arrivals: Sequence[Batch], config: ScalingConfig, timing: PodTiming = PodTiming(),
-             horizon: float | None = None, keep_timeline: bool = False) -> Result:
-    """Replay ``arrivals`` (sorted by time) against ``config``; figures up to ``horizon`` seconds (default:
-    the last arrival). Pure and deterministic."""
-    if horizon is None:
-        horizon = arrivals[-1][0] if arrivals else 0.0
-    return _Sim(config, timing, keep_timeline).run(arrivals, horizon)
+             horizon: float | None = None, keep_timeline: bool = False, start: str = "cold",
+             score_from: float = 0.0) -> Result:
+    """Replay ``arrivals`` (sorted by time) against ``config``. Pure and deterministic.
+
+    ``horizon``: None runs until every request is served and the workload is at rest; a number cuts there.
+    ``start``: ``warm``, ``cold`` or ``created`` (see the module docstring). ``score_from``: the warm-up; only
+    what happens from then on is counted."""
+    return _Sim(config, timing, keep_timeline, score_from).run(arrivals, horizon, start)
