@@ -100,3 +100,20 @@ def test_cli_simulate_learned_reports_prewarms_and_workload_shares(tmp_path, cap
     ours = json.loads(out.read_text())["results"]["llmaz-serverless"]
     assert ours["prewarms"] > 50 and ours["unused_prewarms"] <= 1
     assert ours["waited_share"] < 0.4
+
+
+def test_recommend_offers_the_learned_keep_alive(tmp_path, capsys) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp\n" + "\n".join(str(i * 1800) for i in range(96)) + "\n")
+    out = tmp_path / "r.json"
+    code = main(["recommend", "--trace", str(trace), "-f", EXAMPLE, "--model-load", "30s", "--out", str(out),
+                 "--objective", "cold-start-share<=50%"])
+    doc = json.loads(out.read_text())
+    labels = [c["label"] for c in doc["candidates"]]
+    assert code == 0 and any("keep-alive learned" in lb for lb in labels)
+    learned = next(c for c in doc["candidates"] if "keep-alive learned" in c["label"])
+    meeting = [c for c in doc["candidates"] if "keep-alive learned" not in c["label"] and c["value"] <= 0.5]
+    # One request every 30 min: every fixed setting that meets the objective holds a replica from one request
+    # to the next; the learner scales in between and pre-warms, after its learning period.
+    assert learned["value"] <= 0.5 and learned["gpu_hours"] < 0.5 * min(c["gpu_hours"] for c in meeting)
+    assert doc["picked"]["label"] == learned["label"]
