@@ -224,8 +224,10 @@ def recommend(obj: dict[str, Any], traces: Sequence[Trace], objective: Objective
     score_from = replay.warm_up_s
     span = replay.until_s if replay.until_s is not None else max(t.horizon for t in traces)
     warm = f" after a {replay.warm_up_s / 3600:g} h warm-up" if replay.warm_up_s else ""
-    scored_on = f"the whole trace, {_hours(score_from, span)}{warm}" + (f" of each of {len(traces)} workloads"
-                                                                        if len(traces) > 1 else "")
+    whole = "the whole trace, " if replay.until_s is None else ""
+    cut = " (to --until)" if replay.until_s is not None else ""
+    scored_on = f"{whole}{_hours(score_from, span)}{cut}{warm}" + (f" of each of {len(traces)} workloads"
+                                                                   if len(traces) > 1 else "")
     if len(traces) == 1 and min(traces[0].horizon, span) >= 2 * DAY:
         tr = traces[0]
         end = min(tr.horizon, span)
