@@ -1,7 +1,7 @@
 """Learned keep-alive and pre-warm against the uniform settings, on a whole fleet, in one run.
 
-For one trace, one model load and one start (default warm, as ``simulate``) it replays every workload with: the GPU defaults of
-examples/gpu-chat-http.yaml; every uniform cooldown the recommender sweeps (the best one meeting the objective
+For one trace, one model load and one start (default warm, as ``simulate``) it replays every workload with:
+the GPU defaults of examples/gpu-chat-http.yaml; every uniform cooldown the recommender sweeps (the best one meeting the objective
 request-weighted is "best uniform"); llmaz with one fixed replica; llmaz elasticConfig; and
 ``keep-alive: learned`` (each workload learns its own, online). Prints one table (GPU-hours, saving against
 one fixed replica, request-weighted cold-start share, median and p90 workload's share, pre-warms and unused
