@@ -14,6 +14,8 @@ ANN_PROFILE = PREFIX + "profile"
 ANN_MIN_REPLICAS = PREFIX + "min-replicas"
 ANN_MAX_REPLICAS = PREFIX + "max-replicas"
 ANN_COOLDOWN = PREFIX + "cooldown-period"
+ANN_KEEP_ALIVE = PREFIX + "keep-alive"                    # "fixed" (the cooldown) or "learned"
+ANN_COLD_START_OBJECTIVE = PREFIX + "cold-start-objective"  # "1%": share of requests a learner may let wait
 ANN_POLLING = PREFIX + "polling-interval"
 ANN_INITIAL_COOLDOWN = PREFIX + "initial-cooldown-period"
 ANN_START_AT_ZERO = PREFIX + "start-at-zero"
@@ -23,6 +25,7 @@ ANN_BEHAVIOR = PREFIX + "scale-behavior"
 USER_ANNOTATIONS = (
     ANN_ENABLED, ANN_PROFILE, ANN_MIN_REPLICAS, ANN_MAX_REPLICAS, ANN_COOLDOWN, ANN_POLLING,
     ANN_INITIAL_COOLDOWN, ANN_START_AT_ZERO, ANN_TRIGGERS, ANN_BEHAVIOR,
+    ANN_KEEP_ALIVE, ANN_COLD_START_OBJECTIVE,
 )
 
 # Annotations written by the webhook (status-like; users should not edit them).

@@ -66,6 +66,11 @@ class Overlay(_Strict):
     triggers: list[Any] | None = Field(
         default=None, description="trigger presets, same forms as the triggers annotation")
     behavior: dict[str, Any] | None = Field(default=None, description="autoscaling/v2 HPA behavior")
+    keepAlive: Literal["fixed", "learned"] | None = Field(
+        default=None, description="fixed: the cooldown; learned: each workload learns its keep-alive and pre-warm")
+    coldStartObjective: str | None = Field(
+        default=None, pattern=r"^\d{1,2}(\.\d{1,3})?%$", description="share of requests a learned keep-alive may "
+        "let meet a cold start, e.g. 1%")
 
 
 class HTTPSettings(_Strict):

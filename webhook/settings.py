@@ -16,6 +16,7 @@ from . import constants as C
 from .accelerators import Detection, detect
 from .durations import DurationError, human, whole_seconds
 from .errors import Problem
+from .learn import parse_objective
 from .models import ModelCatalog
 from .policy import Overlay, Policy
 from .readiness import workload_readiness_warning
@@ -49,6 +50,8 @@ class Settings:
     behavior: dict[str, Any] | None
     gpu: bool
     profile: str | None
+    keep_alive: str = "fixed"             # "learned": the reconciler learns keep-alive and pre-warm per workload
+    cold_start_objective: float = 0.01    # share of requests a learned keep-alive may let meet a cold start
 
     def as_annotation(self) -> str:
         doc = {
@@ -63,6 +66,9 @@ class Settings:
         }
         if self.profile:
             doc["profile"] = self.profile
+        if self.keep_alive == "learned":
+            doc["keepAlive"] = "learned"
+            doc["coldStartObjective"] = f"{self.cold_start_objective * 100:g}%"
         return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
@@ -179,6 +185,27 @@ def _tolerance_problem(value: Any) -> str | None:
 
 def _whole(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _learned(ann: dict[str, str], resolved: dict[str, Any], problems: list[Problem]) -> None:
+    """``keep-alive`` and ``cold-start-objective``: the annotation over the policy's layers; the objective
+    resolved to a share in ``resolved["objective"]`` (1 % when neither sets it)."""
+    if C.ANN_KEEP_ALIVE in ann:
+        raw = str(ann[C.ANN_KEEP_ALIVE]).strip().lower()
+        if raw in ("fixed", "learned"):
+            resolved["keepAlive"] = raw
+        else:
+            problems.append(Problem(C.ANN_KEEP_ALIVE, f"{ann[C.ANN_KEEP_ALIVE]!r} is not a keep-alive mode",
+                                    f'write "learned" (each workload learns its own) or "fixed" (the '
+                                    f"{C.ANN_COOLDOWN} applies)"))
+    source, text = "policy", resolved.get("coldStartObjective") or "1%"
+    if C.ANN_COLD_START_OBJECTIVE in ann:
+        source, text = C.ANN_COLD_START_OBJECTIVE, str(ann[C.ANN_COLD_START_OBJECTIVE])
+    try:
+        resolved["objective"] = parse_objective(text)
+    except ValueError as exc:
+        problems.append(Problem(source, str(exc), "e.g. \"1%\": at most 1 request in 100 meets a cold start"))
+        resolved["objective"] = 0.01
 
 
 def validate_behavior(value: Any, where: str) -> list[Problem]:
@@ -378,6 +405,7 @@ def analyze(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Analys
     start = _bool(ann, C.ANN_START_AT_ZERO, problems)
     if start is not None:
         resolved["startAtZero"] = start
+    _learned(ann, resolved, problems)
 
     if C.ANN_BEHAVIOR in ann:
         behavior, errs = load_annotation(str(ann[C.ANN_BEHAVIOR]), C.ANN_BEHAVIOR, policy.limits)
@@ -433,7 +461,8 @@ def analyze(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Analys
         min_replicas=lo, max_replicas=hi, cooldown_period=resolved["cooldownPeriod"],
         polling_interval=resolved["pollingInterval"], initial_cooldown_period=resolved["initialCooldownPeriod"],
         start_at_zero=bool(resolved["startAtZero"]) and lo == 0, triggers=tuple(presets),
-        behavior=resolved.get("behavior"), gpu=det.gpu, profile=profile)
+        behavior=resolved.get("behavior"), gpu=det.gpu, profile=profile,
+        keep_alive=resolved.get("keepAlive") or "fixed", cold_start_objective=resolved["objective"])
     an.settings = settings
     ctx = an.trigger_context(policy)
     too_big = built_problems(built_for(settings, ctx), C.ANN_TRIGGERS, policy.limits)
@@ -452,4 +481,13 @@ def analyze(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Analys
     readiness = workload_readiness_warning(obj, settings, policy, models)
     if readiness:
         an.warnings.append(readiness)
+    if settings.keep_alive == "learned" and lo > 0:
+        an.warnings.append(f"keep-alive: learned has no effect with min-replicas {lo}: the workload never goes "
+                           "to zero")
+    elif settings.keep_alive == "learned":
+        an.warnings.append("keep-alive: learned is replayed by `llmaz-serverless simulate`; the live reconciler "
+                           "does not learn yet, so the cooldown-period applies in the cluster")
+    elif C.ANN_COLD_START_OBJECTIVE in ann and settings.keep_alive != "learned":
+        an.warnings.append(f"{C.ANN_COLD_START_OBJECTIVE} only steers keep-alive: learned; with a fixed "
+                           "keep-alive the cooldown-period applies")
     return an

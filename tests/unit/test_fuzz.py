@@ -303,6 +303,8 @@ PER_ANNOTATION = {
     C.ANN_COOLDOWN: st.one_of(DURATION, NUMBER), C.ANN_POLLING: st.one_of(DURATION, NUMBER),
     C.ANN_INITIAL_COOLDOWN: st.one_of(DURATION, NUMBER),
     C.ANN_TRIGGERS: TRIGGERS, C.ANN_BEHAVIOR: BEHAVIOR,
+    C.ANN_KEEP_ALIVE: st.sampled_from(["learned", "fixed", "Learned", "auto", ""]),
+    C.ANN_COLD_START_OBJECTIVE: st.sampled_from(["1%", "0.5%", "0%", "60%", "1", "x%", " 2% "]),
     C.ANN_MANAGED: st.one_of(BOOL, TEXT), C.ANN_RESOLVED: st.one_of(TEXT, st.just("{}")),
 }
 ALL_ANNOTATIONS = C.USER_ANNOTATIONS + C.WRITTEN_ANNOTATIONS

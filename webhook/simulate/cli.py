@@ -22,6 +22,7 @@ from ..triggers import duration_seconds
 from . import report
 from .baselines import SimulationError, baselines, describe, from_settings
 from .gpus import per_replica
+from .learned import LearnedConfig, learned_config
 from .model import PodTiming, Result
 from .recommend import parse_objective, recommend, resolve
 from .replay import STARTS, Replay, run_configs
@@ -129,7 +130,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     keep = len(traces) == 1
     for tr in traces:
         ours = from_settings(settings, policy, tr.horizon, tr.origin, gpus)
-        configs = {"llmaz-serverless": ours, **{f"baseline {k}": v for k, v in baselines(obj, ours).items()}}
+        configs = {"llmaz-serverless": learned_config(settings, ours),
+                   **{f"baseline {k}": v for k, v in baselines(obj, ours).items()}}
         for name, r in run_configs(tr, configs, timing, replay, keep_timeline=keep).items():
             totals[name] = totals[name].merge(r) if name in totals else r
             if keep:
@@ -143,6 +145,9 @@ def run_simulate(args: argparse.Namespace) -> int:
              f"({first.source}); {describe(cfg0, timing)}; {gpus} GPU(s) per replica ({why}); "
              f"start {replay.start}{warm}; replayed {span / 3600:.2f} h "
              + ("(to --until)" if replay.until_s is not None else "(until back at rest)"))
+    if isinstance(learned_config(settings, cfg0), LearnedConfig):
+        title += (f"; keep-alive learned per workload (objective {settings.cold_start_objective * 100:g}%; the "
+                  "cooldown until it has enough history)")
     notes = sorted({n for t in traces for n in t.notes})
     warnings = _warnings(cfg0, timing)
     for w in warnings:

@@ -27,8 +27,9 @@ from ..policy import Policy
 from ..settings import Settings
 from .baselines import SimulationError, from_settings
 from .gpus import per_replica
-from .model import PodTiming, Result, simulate
-from .replay import Replay, merge, settle
+from .learned import learned_config
+from .model import PodTiming, Result
+from .replay import Replay, merge, replay_one, settle
 from .traces import Trace
 
 COOLDOWNS = (60, 120, 300, 600, 900, 1800, 3600)
@@ -185,8 +186,8 @@ def score_each(traces: Sequence[Trace], s: Settings, policy: Policy, timing: Pod
     """One result per trace, not yet brought to a common end (see ``replay.settle``)."""
     out = []
     for tr in traces:
-        cfg = from_settings(s, policy, tr.horizon, tr.origin, gpus)
-        out.append(simulate(tr.arrivals, cfg, timing, replay.until_s, False, replay.start, score_from))
+        cfg = learned_config(s, from_settings(s, policy, tr.horizon, tr.origin, gpus))
+        out.append(replay_one(tr, cfg, timing, replay, False, score_from))
     return out
 
 
@@ -268,10 +269,14 @@ def recommend(obj: dict[str, Any], traces: Sequence[Trace], objective: Objective
             tag = f" + warm {w[0]:02d}-{w[1]:02d}h" if w else ""
             run(f"min 0, cooldown {cd}s, polling {polling}s{tag}", candidate_annotations(base, cd, 0, polling, w))
     run("min 1 (always warm)", candidate_annotations(base, 0, 1, polling, None))
+    learned = {C.ANN_MIN_REPLICAS: "0", C.ANN_KEEP_ALIVE: "learned", C.ANN_START_AT_ZERO: "true"}
+    if objective.metric == "cold-start-share":
+        learned[C.ANN_COLD_START_OBJECTIVE] = f"{min(max(objective.limit, 0.0001), 0.5) * 100:g}%"
+    run(f"min 0, keep-alive learned per workload, polling {polling}s", learned)
     baseline = settle_all()
     ok = [c for c in cands if objective.met(c.result)]
     best = min(ok, key=_cost) if ok else None
-    if best is not None and best.settings.min_replicas == 0:
+    if best is not None and best.settings.min_replicas == 0 and best.settings.keep_alive != "learned":
         cd = best.settings.cooldown_period
         w = window if C.ANN_TRIGGERS in best.annotations else None
         for p in POLLINGS:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from .learned import LearnedConfig, simulate_learned
 from .model import PodTiming, Result, ScalingConfig, simulate
 from .traces import Trace
 
@@ -37,14 +38,22 @@ class Replay:
     gpus_per_replica: int | None = None      # None: derived from the workload (``gpus.per_replica``)
 
 
-def run_configs(trace: Trace, configs: Mapping[str, ScalingConfig], timing: PodTiming, replay: Replay,
+def run_configs(trace: Trace, configs: Mapping[str, ScalingConfig | LearnedConfig], timing: PodTiming, replay: Replay,
                 keep_timeline: bool = False, score_from: float | None = None) -> dict[str, Result]:
     """Each configuration on ``trace``, billed over one common span. ``score_from`` overrides the warm-up
     (the recommender scores held-out days of a trace replayed from its start)."""
     sf = replay.warm_up_s if score_from is None else score_from
-    out = {name: simulate(trace.arrivals, cfg, timing, replay.until_s, keep_timeline, replay.start, sf)
-           for name, cfg in configs.items()}
+    out = {name: replay_one(trace, cfg, timing, replay, keep_timeline, sf) for name, cfg in configs.items()}
     return settle([out], [trace], replay)[0] if replay.until_s is None else out
+
+
+def replay_one(trace: Trace, cfg: ScalingConfig | LearnedConfig, timing: PodTiming, replay: Replay,
+               keep_timeline: bool, score_from: float) -> Result:
+    """One configuration on one trace; a ``LearnedConfig`` is replayed with its learner (``learned``)."""
+    if isinstance(cfg, LearnedConfig):
+        return simulate_learned(trace.arrivals, cfg.config, timing, replay.until_s, cfg.objective, cfg.params,
+                                trace.day_offset(), keep_timeline, replay.start, score_from).result
+    return simulate(trace.arrivals, cfg, timing, replay.until_s, keep_timeline, replay.start, score_from)
 
 
 def settle(runs: Sequence[Mapping[str, Result]], traces: Sequence[Trace], replay: Replay) -> list[dict[str, Result]]:

@@ -39,6 +39,9 @@ def figures(r: Result) -> dict[str, Any]:
         "peak_replicas": r.peak_replicas, "events": r.events, "replayed_s": round(r.duration_s, 3),
         "scored_from_s": r.scored_from,
     }
+    if r.prewarms:
+        doc["prewarms"] = r.prewarms
+        doc["unused_prewarms"] = r.unused_prewarms
     if r.workloads > 1:
         doc["workloads"] = r.workloads
         doc["waited_share_per_workload"] = {"median": round(r.workload_share_quantile(0.5), 6),
@@ -91,6 +94,9 @@ def print_simulation(out: TextIO, title: str, results: Mapping[str, Result], not
             over = f"; {k} overloaded {_pct(v.overloaded, v.requests)} % of requests" if v.overloaded else ""
             out.write(f"llmaz-serverless against {k}: {change(a, b)} {unit} "
                       f"({a / 3600:,.2f} against {b / 3600:,.2f}){over}\n")
+    if ours is not None and ours.prewarms:
+        out.write(f"pre-warms: {ours.prewarms} (a learned window woke the workload before a request), "
+                  f"{ours.unused_prewarms} of them unused (back to zero without serving a request)\n")
     if ours is not None and ours.cut:
         out.write(f"cut: {ours.cut} requests were still waiting for a replica when --until ended the replay "
                   "(not counted as failed)\n")

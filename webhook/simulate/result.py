@@ -33,6 +33,8 @@ class Result:
     rest_gpus: int = 0                # GPUs those replicas hold
     workload_shares: list[float] = field(default_factory=list)  # waited share of each workload with requests
     workloads: int = 0                # workloads summed into this result
+    prewarms: int = 0                 # a learned pre-warm woke the workload with no request waiting
+    unused_prewarms: int = 0          # ... and it went back to zero without serving one
 
     @property
     def gpu_hours(self) -> float:
@@ -112,4 +114,5 @@ class Result:
             scored_from=min(self.scored_from, other.scored_from) if self.workloads else other.scored_from,
             rest_replicas=self.rest_replicas + other.rest_replicas, rest_gpus=self.rest_gpus + other.rest_gpus,
             workload_shares=self.workload_shares + other.workload_shares,
-            workloads=self.workloads + other.workloads)
+            workloads=self.workloads + other.workloads, prewarms=self.prewarms + other.prewarms,
+            unused_prewarms=self.unused_prewarms + other.unused_prewarms)

@@ -1,0 +1,119 @@
+"""Learned keep-alive and pre-warm against the uniform settings, on a whole fleet, in one run.
+
+For one trace, one model load and one start (default warm, as ``simulate``) it replays every workload with:
+the GPU defaults of examples/gpu-chat-http.yaml; every uniform cooldown the recommender sweeps (the best one meeting the objective
+request-weighted is "best uniform"); llmaz with one fixed replica; llmaz elasticConfig; and
+``keep-alive: learned`` (each workload learns its own, online). Prints one table (GPU-hours, saving against
+one fixed replica, request-weighted cold-start share, median and p90 workload's share, pre-warms and unused
+ones) and writes it as JSON.
+
+    python3 benchmarks/simulate_learned.py --trace ../shared/data/traces/azure-functions-2019 --model-load 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from webhook.learn import Params  # noqa: E402
+from webhook.models import ModelCatalog  # noqa: E402
+from webhook.policy import Policy  # noqa: E402
+from webhook.preview import load_documents  # noqa: E402
+from webhook.simulate.baselines import baselines, from_settings  # noqa: E402
+from webhook.simulate.learned import LearnedConfig  # noqa: E402
+from webhook.simulate.model import PodTiming  # noqa: E402
+from webhook.simulate.recommend import COOLDOWNS, candidate_annotations, resolve  # noqa: E402
+from webhook.simulate.replay import STARTS, Replay, merge, run_configs  # noqa: E402
+from webhook.simulate.traces import load  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trace", required=True)
+    ap.add_argument("--format", default="auto")
+    ap.add_argument("--model-load", type=float, default=120.0)
+    ap.add_argument("--start", default="warm", choices=STARTS)
+    ap.add_argument("--objective", type=float, default=1.0, help="cold-start share objective, in %%")
+    ap.add_argument("--param", action="append", default=[], help="learner hyperparameter override, name=value")
+    ap.add_argument("--skip-uniform", action="store_true", help="only the baselines and the learner")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    params = Params(**{k: float(v) for k, v in (p.split("=", 1) for p in args.param)})
+    docs = load_documents(os.path.join(ROOT, "examples", "gpu-chat-http.yaml"))
+    obj = next(d for d in docs if d.get("kind") == "Playground")
+    models = ModelCatalog()
+    for d in docs:
+        if d.get("kind") == "OpenModel":
+            models.put(d)
+    policy = Policy.default()
+    timing = PodTiming(model_load_s=args.model_load)
+    replay = Replay(start=args.start)
+    t0, w0 = time.process_time(), time.time()
+    traces = load(args.trace, args.format, 1)
+    read_s = time.process_time() - t0
+    base = resolve(obj, {}, policy, models)
+    uniform = {} if args.skip_uniform else {
+        f"uniform cooldown {cd}s": resolve(obj, candidate_annotations(base, cd, 0, base.polling_interval, None),
+                                           policy, models) for cd in COOLDOWNS}
+    names = ["GPU defaults", "llmaz, 1 fixed replica", "llmaz elasticConfig", *uniform, "learned"]
+    per: dict[str, list] = {n: [] for n in names}
+    cpu = {n: 0.0 for n in names}
+    for tr in traces:
+        ours = from_settings(base, policy, tr.horizon, tr.origin, 1)
+        b = baselines(obj, ours)
+        configs = {"GPU defaults": ours, "llmaz, 1 fixed replica": b["llmaz"], "llmaz elasticConfig": b["elastic"],
+                   **{n: from_settings(s, policy, tr.horizon, tr.origin, 1) for n, s in uniform.items()},
+                   "learned": LearnedConfig(ours, args.objective / 100, params)}
+        for n, cfg in configs.items():      # one at a time for the CPU figure; billed to a common end below
+            t = time.process_time()
+            per[n].append(run_configs(tr, {n: cfg}, timing, replay)[n])
+            cpu[n] += time.process_time() - t
+    # Bill every configuration of a trace over the same span (the longest of them), as ``simulate`` does.
+    for i, tr in enumerate(traces):
+        end = max([tr.horizon] + [per[n][i].duration_s for n in names])
+        for n in names:
+            per[n][i] = per[n][i].extend_to(end)
+    runs = {n: merge(per[n]) for n in names}
+    fixed = runs["llmaz, 1 fixed replica"].gpu_hours
+    ok = [n for n in uniform if runs[n].waited_share <= args.objective / 100]
+    best = (min(ok, key=lambda n: runs[n].gpu_hours) if ok
+            else min(uniform, key=lambda n: runs[n].waited_share) if uniform else None)
+    rows = []
+    print(f"{args.trace}: {len(traces)} workloads, {sum(t.requests for t in traces):,} requests, model load "
+          f"{args.model_load:g}s, start {args.start}; read {read_s:.1f}s CPU")
+    print(f"{'config':36} {'GPU-h':>9} {'saved':>7} {'waited':>7} {'median wl':>9} {'p90 wl':>7} "
+          f"{'pre-warms':>9} {'unused':>7} {'CPU s':>6}")
+    for name, res in runs.items():
+        tag = " (best uniform)" if name == best else ""
+        row = {"config": name + tag, "gpu_hours": round(res.gpu_hours, 1),
+               "saved_vs_fixed": round(1 - res.gpu_hours / fixed, 4) if fixed else None,
+               "waited_share": round(res.waited_share, 5),
+               "median_workload_share": round(res.workload_share_quantile(0.5), 4),
+               "p90_workload_share": round(res.workload_share_quantile(0.9), 4), "prewarms": res.prewarms,
+               "unused_prewarms": res.unused_prewarms, "cold_starts": res.activations, "cpu_s": round(cpu[name], 1)}
+        rows.append(row)
+        print(f"{row['config'][:36]:36} {res.gpu_hours:9.1f} {row['saved_vs_fixed'] * 100:6.1f}% "
+              f"{res.waited_share * 100:6.2f}% {res.workload_share_quantile(0.5) * 100:8.1f}% "
+              f"{res.workload_share_quantile(0.9) * 100:6.1f}% {res.prewarms:9d} {res.unused_prewarms:7d} "
+              f"{cpu[name]:6.1f}")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    print(f"learned: reading {read_s:.1f}s + replay {cpu['learned']:.1f}s CPU; max RSS {rss} MiB "
+          f"(whole run, {time.time() - w0:.0f}s wall)")
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            json.dump({"trace": args.trace, "model_load_s": args.model_load, "start": args.start,
+                       "objective": args.objective / 100, "params": params.__dict__, "best_uniform": best,
+                       "read_cpu_s": round(read_s, 1), "max_rss_mib": rss, "rows": rows}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""``keep-alive: learned`` in the simulator: the learner replayed online, through KEDA's own fields, and the
+annotations that ask for it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from webhook import constants as C
+from webhook.policy import Policy
+from webhook.settings import analyze
+from webhook.simulate.learned import simulate_learned
+from webhook.simulate.model import PodTiming, ScalingConfig, simulate
+from webhook.cli import main
+
+from .helpers import catalog, playground
+
+T = PodTiming(2, 20, 30)      # pod start 52 s
+ZERO = ScalingConfig(min_replicas=0, max_replicas=4, cooldown_s=600, polling_s=15, start_at_zero=True)
+EXAMPLE = "examples/gpu-chat-http.yaml"
+
+
+def periodic(every: float, hours: float, jitter: float = 0.0) -> list[tuple[float, int, float]]:
+    n = int(hours * 3600 // every)
+    return [(i * every + (jitter if i % 2 else 0.0), 1, 5.0) for i in range(n)]
+
+
+def test_periodic_requests_find_a_prewarmed_replica_after_learning() -> None:
+    two, four = periodic(1800.0, 48), periodic(1800.0, 96)
+    static = simulate(four, ZERO, T, 96 * 3600.0)
+    assert static.waited_share == 1.0                    # a 600 s cooldown never reaches a request 30 min later
+    learning = simulate_learned(two, ZERO, T, 48 * 3600.0, 0.01).result
+    run = simulate_learned(four, ZERO, T, 96 * 3600.0, 0.01)
+    r = run.result
+    # The policy's cooldown until the history is trusted (30 idle times), then a pre-warm before each request:
+    # the two more days add no wait at all.
+    assert learning.waited <= 36 and r.waited == learning.waited
+    assert run.result.prewarms >= 150 and run.result.unused_prewarms == 0
+    # About 6 minutes warm per half hour (load ahead, a minute's margin, the scale-in), not 10 min + a load.
+    assert r.gpu_hours < 0.6 * static.gpu_hours and r.gpu_hours < 0.25 * 96
+    assert "pre-warm" in run.final
+
+
+def test_a_prewarm_that_finds_no_request_is_counted_unused_and_lapses_by_itself() -> None:
+    arr = periodic(1800.0, 40)                           # then silence for 8 hours
+    run = simulate_learned(arr, ZERO, T, 48 * 3600.0, 0.01, keep_timeline=True)
+    assert run.result.unused_prewarms == 1
+    t_last, n_last = run.result.timeline[-1]
+    assert n_last == 0 and t_last < 40 * 3600 + 1800 + 600   # the window ended and KEDA scaled in
+
+
+def test_without_enough_history_the_static_cooldown_applies() -> None:
+    arr = [(0.0, 1, 5.0), (400.0, 1, 5.0), (800.0, 1, 5.0)]
+    run = simulate_learned(arr, ZERO, T, 3000.0, 0.01, keep_timeline=True)
+    static = simulate(arr, ZERO, T, 3000.0, keep_timeline=True)
+    assert run.result.timeline == static.timeline and run.result.prewarms == 0
+
+
+def test_annotations_are_validated_and_resolved() -> None:
+    p = Policy.default()
+    ok = analyze(playground(annotations={C.ANN_KEEP_ALIVE: "learned", C.ANN_COLD_START_OBJECTIVE: "0.5%"}), p,
+                 catalog())
+    assert ok.settings is not None and ok.settings.keep_alive == "learned"
+    assert ok.settings.cold_start_objective == pytest.approx(0.005)
+    assert json.loads(ok.settings.as_annotation())["keepAlive"] == "learned"
+    bad = analyze(playground(annotations={C.ANN_KEEP_ALIVE: "smart", C.ANN_COLD_START_OBJECTIVE: "0%"}), p,
+                  catalog())
+    where = {pr.where: pr.what for pr in bad.problems}
+    assert "not a keep-alive mode" in where[C.ANN_KEEP_ALIVE]
+    assert "out of range" in where[C.ANN_COLD_START_OBJECTIVE]
+    fixed = analyze(playground(annotations={C.ANN_COLD_START_OBJECTIVE: "1%"}), p, catalog())
+    assert any("only steers keep-alive: learned" in w for w in fixed.warnings)
+    pinned = analyze(playground(annotations={C.ANN_KEEP_ALIVE: "learned", C.ANN_MIN_REPLICAS: "1"}), p, catalog())
+    assert any("has no effect with min-replicas 1" in w for w in pinned.warnings)
+
+
+def test_policy_layers_set_the_default_objective() -> None:
+    p = Policy.model_validate({"gpu": {"keepAlive": "learned", "coldStartObjective": "2%"}})
+    an = analyze(playground(), p, catalog())
+    assert an.settings.keep_alive == "learned" and an.settings.cold_start_objective == pytest.approx(0.02)
+    with pytest.raises(ValueError):
+        Policy.model_validate({"gpu": {"coldStartObjective": "two percent"}})
+
+
+def test_cli_simulate_learned_reports_prewarms_and_workload_shares(tmp_path, capsys) -> None:
+    docs = [d for d in yaml.safe_load_all(open(EXAMPLE)) if d]
+    for d in docs:
+        if d["kind"] == "Playground":
+            d["metadata"]["annotations"][C.ANN_KEEP_ALIVE] = "learned"
+    manifest = tmp_path / "w.yaml"
+    manifest.write_text(yaml.safe_dump_all(docs))
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp\n" + "\n".join(str(i * 1800) for i in range(96)) + "\n")
+    out = tmp_path / "r.json"
+    code = main(["simulate", "--trace", str(trace), "-f", str(manifest), "--model-load", "30s", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0 and "keep-alive learned per workload" in text and "pre-warms" in text
+    ours = json.loads(out.read_text())["results"]["llmaz-serverless"]
+    assert ours["prewarms"] > 50 and ours["unused_prewarms"] <= 1
+    assert ours["waited_share"] < 0.4
+
+
+def test_recommend_offers_the_learned_keep_alive(tmp_path, capsys) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp\n" + "\n".join(str(i * 1800) for i in range(96)) + "\n")
+    out = tmp_path / "r.json"
+    code = main(["recommend", "--trace", str(trace), "-f", EXAMPLE, "--model-load", "30s", "--out", str(out),
+                 "--objective", "cold-start-share<=50%"])
+    doc = json.loads(out.read_text())
+    labels = [c["label"] for c in doc["candidates"]]
+    assert code == 0 and any("keep-alive learned" in lb for lb in labels)
+    learned = next(c for c in doc["candidates"] if "keep-alive learned" in c["label"])
+    meeting = [c for c in doc["candidates"] if "keep-alive learned" not in c["label"] and c["value"] <= 0.5]
+    # One request every 30 min: every fixed setting that meets the objective holds a replica from one request
+    # to the next; the learner scales in between and pre-warms, after its learning period.
+    assert learned["value"] <= 0.5 and learned["gpu_hours"] < 0.5 * min(c["gpu_hours"] for c in meeting)
+    assert doc["picked"]["label"] == learned["label"]

@@ -1,0 +1,61 @@
+"""Per-workload keep-alive and pre-warm, learned online from the workload's own idle times.
+
+``state`` holds what is remembered (bounded, encodable for an annotation or a ConfigMap); ``decide`` turns it
+into a keep-alive and a pre-warm for an objective. ``Learner`` ties the two for a caller that sees activity
+as it happens: the simulator (``webhook.simulate.learned``) and the reconciler use it unchanged. Pure: no
+clocks, no I/O; every time is passed in.
+"""
+
+from __future__ import annotations
+
+from .decide import Decision, decide
+from .state import Params, State, StateError, decode, encode, observe_idle, observe_requests
+
+__all__ = ["Decision", "Learner", "Params", "State", "StateError", "decide", "decode", "encode", "parse_objective"]
+
+REDECIDE_EVERY = 16     # observations after which a cached decision is recomputed
+
+
+class Learner:
+    """One workload's learner. ``idle_ended`` / ``requests`` feed it; ``decision`` answers after an activity
+    ended, recomputed when an idle time fell outside what the last decision covered or after
+    ``REDECIDE_EVERY`` observations (deciding scans the histogram; most idle times change nothing)."""
+
+    def __init__(self, objective: float, startup_s: float, polling_s: float, params: Params = Params(),
+                 state: State | None = None, fallback_s: float = 0.0) -> None:
+        self.objective = objective
+        self.fallback_s = fallback_s
+        self.startup_s = startup_s
+        self.polling_s = polling_s
+        self.params = params
+        self.state = state if state is not None else State()
+        self._last: Decision | None = None
+
+    def idle_ended(self, t: float, idle_s: float, day_offset_s: float = 0.0) -> None:
+        observe_idle(self.state, self.params, t, idle_s, self.startup_s, day_offset_s)
+        d = self._last
+        if d is not None and d.keep_alive_s is not None and not d.prewarm and idle_s > d.keep_alive_s:
+            self.state.changes = REDECIDE_EVERY        # a cold start under the last decision: look again
+
+    def requests(self, t: float, n: int) -> None:
+        observe_requests(self.state, self.params, t, n)
+
+    def decision(self, t: float) -> Decision:
+        if self._last is None or self.state.changes >= REDECIDE_EVERY or self._last.mode == "policy":
+            self._last = decide(self.state, self.params, t, self.objective, self.startup_s, self.polling_s,
+                                self.fallback_s)
+        return self._last
+
+
+def parse_objective(text: str) -> float:
+    """``"1%"`` -> 0.01. A share of requests above 0 and at most 50 %; ValueError says how to write it."""
+    raw = str(text).strip()
+    if not raw.endswith("%"):
+        raise ValueError(f"{raw!r} is not a percentage; write e.g. \"1%\" or \"0.5%\"")
+    try:
+        value = float(raw[:-1])
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a percentage; write e.g. \"1%\" or \"0.5%\"") from None
+    if not 0 < value <= 50:
+        raise ValueError(f"{raw} is out of range; write a share above 0% and at most 50%")
+    return value / 100.0
