@@ -81,7 +81,8 @@ from ..keda import Desired, desired_objects
 from ..mutation import spec_replicas
 from ..kube import (CONFIGMAPS, HPAS, INTERCEPTORROUTES, NAMESPACES, OPENMODELS, PLAYGROUNDS, SCALEDOBJECTS,
                     SERVICES, WORKLOAD_RESOURCES, ApiError, Conflict, Kube, NotFound, Resource)
-from ..leader import DEFAULT_LEASE_NAME, LeaderElector, default_identity
+from ..leader import DEFAULT_LEASE_NAME, default_identity
+from ..leader_thread import ThreadedElector
 from ..policy_source import PolicySource
 from ..settings import opted_out, owned_by_playground
 from ..prerequisites import HTTP_ADDON, KEDA
@@ -139,13 +140,14 @@ class Controller:
         self.write_count = 0
         self._bg: set[asyncio.Task] = set()
         self._hpa_index: dict[Key, dict[str, dict[str, Any]]] = {}
-        self.elector: LeaderElector | None = None      # set by run_controller with leader election
+        self.elector: ThreadedElector | None = None    # set by run_controller with leader election
         self.keda_ready_bound = keda_ready_bound
         self.degraded: set[Key] = set()                # managed workloads held above zero (prerequisites)
         self._keda_warned: set[Key] = set()            # workloads with a KEDA status warning outstanding
         self.discovery = APIDiscovery(kube, interval=discovery_interval, on_change=self._on_api_change)
         self._optional_tasks: dict[str, asyncio.Task] = {}
         self._stop: asyncio.Event | None = None
+        self._admission_only = False
 
         wt = watch_timeout
         self.playgrounds = Informer(kube, PLAYGROUNDS, transform=slim_workload, watch_timeout=wt)
@@ -305,7 +307,7 @@ class Controller:
         return [inf for inf in self.informers if inf not in optional]
 
     def _start_optional(self, name: str) -> None:
-        if name in self._optional_tasks or self._stop is None or self._stop.is_set():
+        if name in self._optional_tasks or self._stop is None or self._stop.is_set() or self._admission_only:
             return
         inf = self.optional[name]
         self._optional_tasks[name] = asyncio.create_task(inf.run(self._stop), name=f"informer-{inf.name}")
@@ -325,20 +327,28 @@ class Controller:
             self._stop_optional(name)
         self.enqueue_all()
 
-    async def run_informers(self, stop: asyncio.Event) -> None:
+    @property
+    def admission_informers(self) -> list[Informer]:
+        """What admission reads: the OpenModel catalog and the policy (no workloads, KEDA objects or HPAs)."""
+        return [inf for inf in (self.openmodels, self.policy_informer) if inf is not None]
+
+    async def run_informers(self, stop: asyncio.Event, *, admission_only: bool = False) -> None:
+        """Run the caches until ``stop``. ``admission_only``: only those admission reads (``--role admission``)."""
         self._stop = stop
-        tasks = [asyncio.create_task(inf.run(stop), name=f"informer-{inf.name}") for inf in self.core_informers]
+        informers = self.admission_informers if admission_only else self.core_informers
+        tasks = [asyncio.create_task(inf.run(stop), name=f"informer-{inf.name}") for inf in informers]
         tasks.append(asyncio.create_task(self.discovery.run(stop), name="api-discovery"))
+        self._admission_only = admission_only   # discovery still feeds brain.installed; no KEDA-object caches
 
         async def mark_synced() -> None:
-            await asyncio.gather(*(inf.synced.wait() for inf in self.core_informers),
+            await asyncio.gather(*(inf.synced.wait() for inf in informers),
                                  self.discovery.first_round.wait())
             for name in self.optional:
                 if self.discovery.installed.known(name) is None:   # could not be asked: assume installed
                     self._start_optional(name)
             self.synced.set()
             log.info("caches synced: %s; installed: %s", ", ".join(
-                f"{inf.name}={len(inf.cache)}" for inf in self.core_informers), self.discovery.installed)
+                f"{inf.name}={len(inf.cache)}" for inf in informers), self.discovery.installed)
 
         tasks.append(asyncio.create_task(mark_synced()))
         try:
@@ -380,6 +390,10 @@ class Controller:
     async def _worker(self, i: int) -> None:
         while True:
             key = await self.queue.get()
+            if self.elector is not None and not self.elector.is_leader:
+                # Stepped down while this loop was busy (the election runs on its own thread): no new work.
+                self.queue.done(key)
+                continue
             t0 = time.perf_counter()
             try:
                 result = await self.reconcile(key)  # type: ignore[arg-type]
@@ -705,8 +719,9 @@ async def run_controller(kube: Kube, brain: Any, *, namespace: str, policy_confi
             await ctl.run_workers(stop)
             return
         lost = asyncio.Event()
-        elector = LeaderElector(kube, namespace, name=lease_name, identity=identity,
-                                lease_duration=lease_duration, renew_period=renew_period, on_stopped=lost.set)
+        # The Lease is renewed on a thread of its own, watching this loop (see webhook/leader_thread.py).
+        elector = ThreadedElector(kube, namespace, name=lease_name, identity=identity,
+                                  lease_duration=lease_duration, renew_period=renew_period, on_stopped=lost.set)
         ctl.elector = elector
         election = asyncio.create_task(elector.run(stop), name="leader-election")
         try:
