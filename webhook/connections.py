@@ -7,8 +7,12 @@ finish a request therefore held ~270 MB and were never closed.
 
 ``GuardedSite`` replaces aiohttp's ``TCPSite``. It accepts plain TCP and wraps each connection itself:
 
-- **cap**: past ``max_connections`` open connections a new one is aborted at once (before any TLS work), and
-  counted in ``rejected``;
+- **cap**: at ``max_connections`` open connections, a new one takes the place of the oldest connection that
+  has been open for over ``EVICT_AFTER`` seconds without ever starting a request (``evicted``); when there is
+  none, the new one is aborted at once, before any TLS work (``rejected``). A client that floods the port with
+  connections that never send anything thus mostly evicts itself, while the API server, which sends its
+  request as soon as the handshake is done and then keeps its connection busy or idle in keep-alive, keeps its
+  place;
 - **deadlines**, enforced by one sweep a second rather than a timer per connection: a connection must finish
   its TLS handshake *and* send a complete request head within ``header_timeout`` of connecting; after an
   answer it may sit idle ``idle_timeout`` before the next request (keep-alive); while a request is being
@@ -34,6 +38,7 @@ from aiohttp import web
 log = logging.getLogger("llmaz_serverless.connections")
 
 TLS_READ_BUFFER = 32 * 1024
+EVICT_AFTER = 1.0
 
 
 class _BoundedTLS(sslproto.SSLProtocol):
@@ -56,7 +61,7 @@ class _Conn(asyncio.Protocol):
     """One accepted TCP connection. With TLS it hands the socket to a ``_BoundedTLS`` at once; without, it
     forwards everything to the aiohttp handler itself."""
 
-    __slots__ = ("guard", "transport", "app", "deadline", "busy", "closed")
+    __slots__ = ("guard", "transport", "app", "deadline", "busy", "closed", "opened", "served")
 
     def __init__(self, guard: "ConnectionGuard") -> None:
         self.guard = guard
@@ -65,16 +70,19 @@ class _Conn(asyncio.Protocol):
         self.deadline = 0.0
         self.busy = 0
         self.closed = False
+        self.opened = 0.0
+        self.served = False      # a request has started on this connection
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
         guard = self.guard
-        if len(guard.conns) >= guard.max_connections or guard.closing:
+        if guard.closing or (len(guard.conns) >= guard.max_connections and not guard.evict_one()):
             guard.rejected += 1
             transport.abort()
             return
         self.transport = transport  # type: ignore[assignment]
-        self.deadline = guard.clock() + guard.header_timeout
+        self.opened = guard.clock()
+        self.deadline = self.opened + guard.header_timeout
         self.app = guard.handler_factory()
         guard.conns.add(self)
         guard.by_app[self.app] = self
@@ -131,6 +139,7 @@ class ConnectionGuard:
         self.conns: set[_Conn] = set()
         self.by_app: dict[Any, _Conn] = {}
         self.rejected = 0         # connections refused at the cap
+        self.evicted = 0          # connections that never sent a request, closed to make room at the cap
         self.timed_out = 0        # connections closed by a deadline
         self.closing = False
 
@@ -141,12 +150,27 @@ class ConnectionGuard:
         conn = self.by_app.get(app_protocol)
         if conn is not None:
             conn.busy += 1
+            conn.served = True
 
     def request_finished(self, app_protocol: Any) -> None:
         conn = self.by_app.get(app_protocol)
         if conn is not None:
             conn.busy = max(0, conn.busy - 1)
             conn.deadline = self.clock() + self.idle_timeout
+
+    def evict_one(self) -> bool:
+        """Close the oldest connection open for over EVICT_AFTER s that never started a request."""
+        limit = self.clock() - EVICT_AFTER
+        victim = None
+        for conn in self.conns:
+            if not conn.served and not conn.busy and conn.opened <= limit and (
+                    victim is None or conn.opened < victim.opened):
+                victim = conn
+        if victim is None:
+            return False
+        self._abort(victim)
+        self.evicted += 1
+        return True
 
     def sweep(self) -> int:
         """Abort every connection past its deadline that is not inside a request; returns how many."""

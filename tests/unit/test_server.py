@@ -32,7 +32,10 @@ from certs.reload import ReloadingSSLContext
 from tests.integration.controlplane import free_port
 from webhook.admission import Brain
 from webhook.errors import Internal
-from webhook.lanes import Lanes
+from webhook.connections import EVICT_AFTER
+from webhook.errors import Denied
+from webhook.lanes import AdmissionTimeout, Lanes
+from webhook.review import AdmissionRequest
 from webhook.server import Health, Limits, WebhookServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -515,28 +518,29 @@ async def test_idle_keep_alive_connection_is_closed(tls_dir, client_ssl):
         await r.server.stop(grace=1)
 
 
-async def test_connection_cap_refuses_the_excess_and_recovers(tls_dir, client_ssl):
+async def test_connection_cap_refuses_then_evicts_silent_connections(tls_dir, client_ssl):
     r = await start_limited(tls_dir, Limits(max_connections=3, header_timeout=30, idle_timeout=30))
+    guard = r.server.sites[0].guard
     try:
         held = [await asyncio.open_connection("127.0.0.1", r.server.port) for _ in range(3)]
         for _ in range(100):
-            if len(r.server.sites[0].guard.conns) == 3:
+            if len(guard.conns) == 3:
                 break
             await asyncio.sleep(0.01)
+        # At the cap, and every connection younger than EVICT_AFTER: the newcomer is refused.
         extra_reader, extra_writer = await asyncio.open_connection("127.0.0.1", r.server.port)
         assert await closed_by_server(extra_reader, 5)
-        assert r.server.sites[0].guard.rejected == 1
-        for _, w in held:
-            w.close()
+        assert guard.rejected == 1 and guard.evicted == 0
         extra_writer.close()
-        for _ in range(100):
-            if not r.server.sites[0].guard.conns:
-                break
-            await asyncio.sleep(0.01)
-        # Room again: a real admission goes through.
+        # Once they are older, a real client takes the place of the oldest silent one and is answered.
+        await asyncio.sleep(EVICT_AFTER + 0.1)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl)) as session:
             status, out = await post(session, r.url + "/mutate", review(playground()))
         assert status == 200 and out["response"]["allowed"] is True
+        assert guard.evicted == 1
+        assert await closed_by_server(held[0][0], 5)
+        for _, w in held:
+            w.close()
     finally:
         await r.server.stop(grace=1)
 
@@ -596,3 +600,41 @@ def test_large_requests_take_their_own_lane():
         assert lanes.lane(1000) == "small" and lanes.lane(1001) == "large"
     finally:
         lanes.shutdown()
+
+
+async def test_large_lane_runs_in_a_process_that_is_replaced_past_the_deadline():
+    lanes = Lanes(large_body=10, deadline=1.0)
+    try:
+        brain = Brain()
+        ok = review(playground())
+        req = AdmissionRequest.from_review(ok)
+        result = await lanes.run(1000, brain.mutate, req)
+        assert result.allowed and result.patch
+        bad = AdmissionRequest.from_review(review(playground(**{"serverless.llmaz.io/min-replicas": "abc"})))
+        denied = await lanes.run(1000, brain.validate, bad)
+        assert not denied.allowed and "min-replicas" in denied.message
+        with pytest.raises(Denied, match="too big"):     # a Denied raised in the process comes back as one
+            await lanes.run(1000, _Denier().mutate, req)
+        # A rule that never returns: the worker process is killed at the deadline and the next request is served
+        # by a fresh one.
+        with pytest.raises(AdmissionTimeout):
+            await lanes.run(1000, _sleeping_brain().mutate, req)
+        assert lanes._process.restarts == 1
+        assert (await lanes.run(1000, brain.mutate, req)).allowed
+    finally:
+        lanes.shutdown()
+
+
+def _sleeping_brain() -> Brain:
+    return _Sleeper()
+
+
+class _Denier(Brain):
+    def mutate(self, req):  # type: ignore[override]
+        raise Denied.one("metadata.annotations", "too big")
+
+
+class _Sleeper(Brain):
+    def mutate(self, req):  # type: ignore[override]
+        import time as _time
+        _time.sleep(60)
