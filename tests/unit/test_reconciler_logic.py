@@ -397,3 +397,25 @@ def test_policy_source_changed_flag_and_deletion():
     assert not u.changed and u.error
     u = src.apply(None)                    # ConfigMap deleted: built-in default, error cleared
     assert u.changed and u.policy == Policy.default() and u.error is None and src.valid
+
+
+def test_cached_objects_keep_neither_managed_fields_nor_last_applied():
+    from webhook.controller.objects import LAST_APPLIED, slim_model, slim_workload
+
+    big = "{" + "x" * 10_000 + "}"
+    pg = {"apiVersion": "inference.llmaz.io/v1alpha1", "kind": "Playground",
+          "metadata": {"name": "a", "namespace": "ns", "resourceVersion": "5",
+                       "annotations": {LAST_APPLIED: big, "serverless.llmaz.io/min-replicas": "0"},
+                       "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]},
+          "spec": {"replicas": 1}, "status": {"conditions": []}}
+    slim = slim_workload(pg)
+    assert slim["metadata"]["annotations"] == {"serverless.llmaz.io/min-replicas": "0"}
+    assert "managedFields" not in slim["metadata"] and "status" not in slim
+    assert pg["metadata"]["annotations"][LAST_APPLIED] == big           # the input is not modified
+    model = {"apiVersion": "llmaz.io/v1alpha1", "kind": "OpenModel",
+             "metadata": {"name": "m", "resourceVersion": "3", "annotations": {LAST_APPLIED: big},
+                          "managedFields": [{}]},
+             "spec": {"source": {"modelHub": {"modelID": "x"}}, "inferenceConfig": {"flavors": [{"name": "a100"}]}}}
+    assert slim_model(model) == {"apiVersion": "llmaz.io/v1alpha1", "kind": "OpenModel",
+                                 "metadata": {"name": "m", "resourceVersion": "3"},
+                                 "spec": {"inferenceConfig": {"flavors": [{"name": "a100"}]}}}

@@ -200,8 +200,16 @@ def describe(so: dict[str, Any] | None) -> str:
 # ------------------------------------------------------------------------ cache transforms (memory)
 
 
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
 def _slim_meta(meta: dict[str, Any], keep_managed: bool) -> dict[str, Any]:
+    """Metadata without managedFields (but ours, when asked) and without kubectl's last-applied copy of the whole
+    object: nothing here reads them, and together they are often more than half an object's size."""
     out = {k: v for k, v in meta.items() if k != "managedFields"}
+    annotations = meta.get("annotations")
+    if isinstance(annotations, dict) and LAST_APPLIED in annotations:
+        out["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
     if keep_managed:
         mf = [e for e in meta.get("managedFields") or [] if e.get("manager") == C.FIELD_MANAGER]
         if mf:
@@ -223,6 +231,14 @@ def slim_workload(obj: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in obj.items() if k != "status"}
     out["metadata"] = _slim_meta(obj.get("metadata") or {}, False)
     return out
+
+
+def slim_model(obj: dict[str, Any]) -> dict[str, Any]:
+    """OpenModels: what ``models.ModelCatalog`` keeps (name, spec.inferenceConfig) plus the informer's keys."""
+    meta = obj.get("metadata") or {}
+    return {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
+            "metadata": {k: meta[k] for k in ("name", "uid", "resourceVersion") if k in meta},
+            "spec": {"inferenceConfig": (obj.get("spec") or {}).get("inferenceConfig") or {}}}
 
 
 def slim_namespace(obj: dict[str, Any]) -> dict[str, Any]:

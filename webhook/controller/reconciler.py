@@ -93,7 +93,7 @@ from .informer import Informer, obj_key, sleep_or_stop, wait_any
 from .metrics import reconciler_metrics
 from .objects import (Key, classify_hpas, convert_elastic_config, describe, hpa_target_key, is_ours_for,
                       live_matches, namespace_enabled, namespace_terminating, restore_replicas, slim_hpa,
-                      slim_namespace, slim_owned, slim_workload, workload_key_of_owned)
+                      slim_model, slim_namespace, slim_owned, slim_workload, workload_key_of_owned)
 from .workqueue import WorkQueue
 
 log = logging.getLogger("llmaz_serverless.reconciler")
@@ -153,7 +153,7 @@ class Controller:
         self.playgrounds = Informer(kube, PLAYGROUNDS, transform=slim_workload, watch_timeout=wt)
         self.services = Informer(kube, SERVICES, transform=slim_workload, watch_timeout=wt)
         self.namespaces = Informer(kube, NAMESPACES, transform=slim_namespace, watch_timeout=wt)
-        self.openmodels = Informer(kube, OPENMODELS, watch_timeout=wt)
+        self.openmodels = Informer(kube, OPENMODELS, transform=slim_model, watch_timeout=wt)
         self.scaledobjects = Informer(kube, SCALEDOBJECTS, label_selector=MANAGED_SELECTOR, transform=slim_owned,
                                       watch_timeout=wt)
         self.routes = Informer(kube, INTERCEPTORROUTES, label_selector=MANAGED_SELECTOR, transform=slim_owned,
