@@ -91,9 +91,10 @@ from .events import EventRecorder
 from .kedastatus import DEFAULT_BOUND, REASON_READY, judge
 from .informer import Informer, obj_key, sleep_or_stop, wait_any
 from .metrics import reconciler_metrics
-from .objects import (Key, classify_hpas, convert_elastic_config, describe, hpa_target_key, is_ours_for,
+from .objects import (Key, classify_hpas, convert_elastic_config, describe, hpa_target_key, is_ours_for, is_stub,
                       live_matches, namespace_enabled, namespace_terminating, restore_replicas, slim_hpa,
-                      slim_model, slim_namespace, slim_owned, slim_workload, workload_key_of_owned)
+                      slim_model, slim_namespace, slim_owned, slim_workload, stub_workload,
+                      workload_key_of_owned)
 from .workqueue import WorkQueue
 
 log = logging.getLogger("llmaz_serverless.reconciler")
@@ -150,8 +151,9 @@ class Controller:
         self._admission_only = False
 
         wt = watch_timeout
-        self.playgrounds = Informer(kube, PLAYGROUNDS, transform=slim_workload, watch_timeout=wt)
-        self.services = Informer(kube, SERVICES, transform=slim_workload, watch_timeout=wt)
+        # Workloads in namespaces that are not opted in are cached as stubs (``objects.stub_workload``).
+        self.playgrounds = Informer(kube, PLAYGROUNDS, transform=self._cache_form, watch_timeout=wt)
+        self.services = Informer(kube, SERVICES, transform=self._cache_form, watch_timeout=wt)
         self.namespaces = Informer(kube, NAMESPACES, transform=slim_namespace, watch_timeout=wt)
         self.openmodels = Informer(kube, OPENMODELS, transform=slim_model, watch_timeout=wt)
         self.scaledobjects = Informer(kube, SCALEDOBJECTS, label_selector=MANAGED_SELECTOR, transform=slim_owned,
@@ -174,6 +176,7 @@ class Controller:
         self.playgrounds.add_handler(self._on_workload)
         self.services.add_handler(self._on_workload)
         self.namespaces.add_handler(self._on_namespace)
+        self.namespaces.on_synced.append(self._restub)
         self.openmodels.add_handler(self._on_openmodel)
         self.openmodels.on_synced.append(self._models_synced)
         self.scaledobjects.add_handler(self._on_owned)
@@ -215,11 +218,28 @@ class Controller:
                 self.recorder.forget(sub)
         self.enqueue((kind, ns, name))
 
+    def _cache_form(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """How a workload is cached: whole (without managedFields, status, last-applied) when its namespace is
+        opted in or not known yet (the namespace cache not synced: never decide on a guess), else a stub."""
+        ns = (obj.get("metadata") or {}).get("namespace") or ""
+        if self.namespaces.synced.is_set() and not namespace_enabled(self.namespaces.get(None, ns)):
+            return stub_workload(obj)
+        return slim_workload(obj)
+
+    def _restub(self, namespace: str | None = None) -> None:
+        """Reduce the cached workloads of namespaces that are not opted in (all, or one) to stubs."""
+        for inf in (self.playgrounds, self.services):
+            for key, obj in list(inf.cache.items()):
+                if (namespace is None or key[0] == namespace) and not is_stub(obj):
+                    inf.cache[key] = self._cache_form(obj)
+
     def _on_namespace(self, typ: str, new: dict[str, Any] | None, old: dict[str, Any] | None) -> None:
         if typ == "MODIFIED" and namespace_enabled(new) == namespace_enabled(old) and \
                 namespace_terminating(new) == namespace_terminating(old):
             return
         ns = obj_key(new or old or {})[1]
+        if not namespace_enabled(new):
+            self._restub(ns)
         for kind, inf in ((C.KIND_PLAYGROUND, self.playgrounds), (C.KIND_SERVICE, self.services)):
             for (wns, name) in list(inf.cache):
                 if wns == ns:
@@ -468,6 +488,16 @@ class Controller:
         reason = self.unmanaged_reason(obj, ns_obj)
         if reason:
             return await self._unmanage(key, obj, live_so, live_ir, reason)
+        if is_stub(obj):
+            # Cached while its namespace was not opted in: read it whole once (the cache keeps it whole now).
+            try:
+                fresh = await self.kube.get(WORKLOAD_RESOURCES[kind], name, ns)
+            except NotFound:
+                return "gone"
+            self.workload_informer(kind).put_local(fresh)
+            obj = self.workload_informer(kind).get(ns, name) or self._cache_form(fresh)
+            if is_stub(obj):
+                return "skipped"    # the namespace changed again meanwhile; its own event requeues this
 
         policy, models = self.brain.policy, self.brain.models
         llmaz_hpas, foreign_hpas = classify_hpas(obj, self.hpas_for(key))
