@@ -85,6 +85,25 @@ async def hang(port: int, ctx: ssl.SSLContext, kind: str, t0: float, watch: floa
     return out
 
 
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                kids = [int(k) for k in (task / "children").read_text().split()]
+                out += kids
+                todo += kids
+        except OSError:
+            pass
+    return out
+
+
+def helpers_rss_mb(pid: int) -> float:
+    """RSS of the server's helper processes (the admission worker and its forkserver), summed."""
+    return round(sum(adm.proc_status(k).get("VmRSS", 0) for k in descendants(pid)) / 1024, 1)
+
+
 def one_admission(port: int, ctx: ssl.SSLContext) -> dict[str, Any]:
     body = bodies.create_body(seed=7)
     req = urllib.request.Request(f"https://localhost:{port}/mutate", data=body,
@@ -116,6 +135,7 @@ def run_one(label: str, root: Path, workdir: Path, args: argparse.Namespace, ctx
     try:
         time.sleep(1.0)
         before = adm.proc_status(server.pid)["VmRSS"]
+        helpers = helpers_rss_mb(server.pid)
         sampler = Sampler(server.pid)
         sampler.start()
         results, legit = asyncio.run(flood(server.port, ctx, args.clients, args.watch))
@@ -136,7 +156,7 @@ def run_one(label: str, root: Path, workdir: Path, args: argparse.Namespace, ctx
         "server": label, "root": str(root), "clients": args.clients, "watch_s": args.watch,
         "rss_before_mb": round(before / 1024, 1), "rss_peak_mb": round(peak / 1024, 1),
         "rss_growth_peak_mb": round((peak - before) / 1024, 1),
-        "rss_after_watch_mb": round(after_watch / 1024, 1),
+        "rss_after_watch_mb": round(after_watch / 1024, 1), "helper_processes_rss_mb": helpers,
         "closed": len(closed), "closed_within_30s": sum(1 for c in closed if c <= 30),
         "last_closed_s": round(closed[-1], 1) if closed else None,
         "by_kind": by_kind, "admission_during_flood": legit,
@@ -144,11 +164,12 @@ def run_one(label: str, root: Path, workdir: Path, args: argparse.Namespace, ctx
 
 
 def report(runs: list[dict[str, Any]]) -> str:
-    lines = ["| server | clients | RSS before | peak growth | closed within 30 s | closed by end | last closed | "
-             "admission during flood |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| server | clients | RSS before (+ helper processes) | peak growth | closed within 30 s | closed by end | "
+             "last closed | admission during flood |", "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         legit = r["admission_during_flood"]
-        lines.append(f"| {r['server']} | {r['clients']} | {r['rss_before_mb']} MB | +{r['rss_growth_peak_mb']} MB | "
+        lines.append(f"| {r['server']} | {r['clients']} | {r['rss_before_mb']} (+{r['helper_processes_rss_mb']}) MB | "
+                     f"+{r['rss_growth_peak_mb']} MB | "
                      f"{r['closed_within_30s']} | {r['closed']} (of {r['clients']}, {r['watch_s']:.0f} s) | "
                      f"{r['last_closed_s']} s | {'ok' if legit['ok'] else 'FAILED'} {legit['ms']} ms |")
     return "\n".join(lines)

@@ -786,17 +786,6 @@ def prepare(args: argparse.Namespace, metrics: Metrics | None = None) -> AppStat
     return state
 
 
-SWITCH_INTERVAL = 0.001
-
-
-def _share_the_interpreter() -> None:
-    """The rules run in worker threads (``webhook.lanes``); a thread busy with a large request holds the
-    interpreter lock for up to ``sys.getswitchinterval()`` (5 ms by default) each time the event loop wants it
-    back, and one ordinary admission needs the loop a dozen times. A 1 ms interval cuts what a busy worker adds to
-    everyone else's latency by about five (see docs/performance.md) for a little more switching."""
-    sys.setswitchinterval(SWITCH_INTERVAL)
-
-
 def _freeze_startup_heap() -> None:
     """Start-up is over: collect once, then move everything allocated so far (modules, policy, TLS context, API
     clients) out of the cyclic garbage collector's generations (``gc.freeze``). Its full collections then scan
@@ -815,7 +804,6 @@ async def serve(state: AppState) -> int:
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
         loop.add_signal_handler(sig, state.request_stop, f"signal {sig.name}")
-    _share_the_interpreter()
     lanes = Lanes(deadline=args.admission_deadline)
     if args.role != "controller":
         await asyncio.to_thread(lanes.warm)
