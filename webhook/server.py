@@ -29,7 +29,8 @@ What a client gets back, by failure kind (see webhook/errors.py):
 - the rules past ``--admission-deadline`` -> HTTP 200, ``allowed: false``, status code 500, uid echoed, the
                                              message naming the deadline (see below).
 
-The rules (``Brain``) run in worker threads (``webhook.lanes``), never on the event loop, with a deadline
+The rules (``Brain``) run in worker threads, or a worker process for requests over 64 KiB (``webhook.lanes``),
+never on the event loop, with a deadline
 (default 2 s) well under the API server's webhook timeout (the chart's 5 s). Past the deadline the answer is a
 denial, whatever the webhook's failurePolicy: an object that takes seconds to evaluate is pathological (an
 ordinary one takes about a millisecond), it would be as slow to reconcile, and admitting it unchecked is what
