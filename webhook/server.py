@@ -19,6 +19,8 @@ What a client gets back, by failure kind (see webhook/errors.py):
 
 - wrong Content-Type                      -> HTTP 415, ``{"error": ...}``
 - body over ``MAX_BODY`` (8 MiB)           -> HTTP 413, ``{"error": ...}``
+- bodies in flight over ``BODY_BUDGET``   -> HTTP 503, ``{"error": ...}`` (64 MiB across all requests: 256
+                                             connections may not hold 8 MiB each)
 - body not received within READ_TIMEOUT   -> HTTP 408, ``{"error": ...}``
 - not JSON, or not an AdmissionReview     -> HTTP 400, ``{"error": ...}`` (there is no review to answer)
 - an AdmissionReview with a uid whose request is otherwise unusable (e.g. ``request.object`` is a string)
@@ -72,6 +74,7 @@ MAX_CONNECTIONS = 256               # per port; the API server keeps a few keep-
 HEADER_TIMEOUT = 10.0               # seconds from connect to a complete request head (TLS handshake included)
 IDLE_TIMEOUT = 60.0                 # seconds a keep-alive connection may wait for its next request
 PROBE_MAX_CONNECTIONS = 64
+BODY_BUDGET = 64 * 1024 * 1024      # request bodies held at once, all connections together
 JSON_TYPE = "application/json"
 REVIEW_API_VERSIONS = (API_VERSION, "admission.k8s.io/v1beta1")
 
@@ -143,12 +146,31 @@ class _Inflight:
             return False
 
 
+class _Budget:
+    """Bytes of request bodies held at once. A request reserves its Content-Length (or the body limit when it
+    does not say) before reading, and gives it back when answered."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used = max(0, self.used - n)
+
+
 BRAIN = web.AppKey("brain", Brain)
 HEALTH = web.AppKey("health", Health)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 INFLIGHT = web.AppKey("inflight", _Inflight)
 READ_TIMEOUT_KEY = web.AppKey("read_timeout", float)
 LANES = web.AppKey("lanes", Lanes)
+BODIES = web.AppKey("bodies", "_Budget")
 GUARDS = web.AppKey("guards", list)
 
 
@@ -227,6 +249,21 @@ def internal_error_result(uid: str, exc: BaseException | None = None) -> Admissi
 
 
 async def _admit(request: web.Request, endpoint: str) -> web.Response:
+    budget = request.app[BODIES]
+    reserve = min(request.content_length if request.content_length is not None else request.client_max_size,
+                  request.client_max_size)
+    if not budget.take(reserve):
+        request.app[METRICS_KEY].observe_admission(endpoint, "", "", "bad_request", 0.0)
+        log.warning("refused a %d-byte %s request: %d bytes of request bodies already in flight", reserve,
+                    endpoint, budget.used, extra={"fields": {"endpoint": endpoint, "remote": request.remote}})
+        return _error(503, "too many large requests in flight; retry")
+    try:
+        return await _admit_body(request, endpoint)
+    finally:
+        budget.give(reserve)
+
+
+async def _admit_body(request: web.Request, endpoint: str) -> web.Response:
     started = time.perf_counter()
     metrics = request.app[METRICS_KEY]
 
@@ -390,9 +427,11 @@ def _base_app(health: Health, metrics: Metrics, **kwargs: Any) -> web.Applicatio
 
 
 def build_app(brain: Brain, health: Health, *, metrics: Metrics | None = None, max_body: int = MAX_BODY,
-              read_timeout: float = READ_TIMEOUT, lanes: Lanes | None = None) -> web.Application:
+              read_timeout: float = READ_TIMEOUT, lanes: Lanes | None = None,
+              body_budget: int = BODY_BUDGET) -> web.Application:
     """The admission application: /mutate /validate only."""
     app = _base_app(health, metrics or METRICS, client_max_size=max_body)
+    app[BODIES] = _Budget(body_budget)
     app[BRAIN] = brain
     app[READ_TIMEOUT_KEY] = float(read_timeout)
     app[LANES] = lanes or Lanes()
@@ -434,14 +473,14 @@ class WebhookServer:
 
     def __init__(self, brain: Brain, health: Health | None = None, *, metrics: Metrics | None = None,
                  max_body: int = MAX_BODY, read_timeout: float = READ_TIMEOUT, limits: Limits | None = None,
-                 lanes: Lanes | None = None) -> None:
+                 lanes: Lanes | None = None, body_budget: int = BODY_BUDGET) -> None:
         self.brain = brain
         self.health = health if health is not None else Health()
         self.metrics = metrics or METRICS
         self.limits = limits or Limits()
         self.lanes = lanes or Lanes()
         self.app = build_app(brain, self.health, metrics=self.metrics, max_body=max_body,
-                             read_timeout=read_timeout, lanes=self.lanes)
+                             read_timeout=read_timeout, lanes=self.lanes, body_budget=body_budget)
         self.probe_app = build_probe_app(self.health, self.metrics)
         self._runner: web.AppRunner | None = None
         self._probe_runner: web.AppRunner | None = None

@@ -36,7 +36,7 @@ from webhook.connections import EVICT_AFTER
 from webhook.errors import Denied
 from webhook.lanes import AdmissionTimeout, Lanes
 from webhook.review import AdmissionRequest
-from webhook.server import Health, Limits, WebhookServer
+from webhook.server import BODIES, Health, Limits, WebhookServer
 
 REPO = Path(__file__).resolve().parents[2]
 MANAGED = "serverless.llmaz.io/managed"
@@ -639,3 +639,31 @@ class _Sleeper(Brain):
     def mutate(self, req):  # type: ignore[override]
         import time as _time
         _time.sleep(60)
+
+
+async def test_request_bodies_in_flight_are_bounded(tls_dir, client):
+    tls = ReloadingSSLContext(tls_dir / "tls.crt", tls_dir / "tls.key")
+    server = WebhookServer(Brain(), Health(), body_budget=64 * 1024)
+    await server.start("127.0.0.1", 0, tls, metrics_port=0)
+    url = f"https://127.0.0.1:{server.port}/mutate"
+    try:
+        rv = review(playground())
+        data = json.dumps(rv).encode()
+        release = asyncio.Event()
+
+        async def slow_body():       # no Content-Length: reserves the whole body limit (8 MiB > 64 KiB)
+            yield data[:10]
+            await release.wait()
+            yield data[10:]
+
+        async with client.post(url, data=slow_body(), headers={"Content-Type": "application/json"}) as resp:
+            assert resp.status == 503 and "in flight" in (await resp.json())["error"]
+        status, out = await post(client, url, rv)     # a sized ordinary request fits
+        assert status == 200 and out["response"]["allowed"] is True
+        big = json.dumps(review(playground(**{"example.com/blob": "x" * 70_000}))).encode()
+        async with client.post(url, data=io.BytesIO(big), headers={"Content-Type": "application/json"}) as resp:
+            assert resp.status == 503
+        release.set()
+        assert server.app[BODIES].used == 0
+    finally:
+        await server.stop(grace=1)
