@@ -845,8 +845,6 @@ async def serve(state: AppState) -> int:
     for sig in signals:
         loop.add_signal_handler(sig, state.request_stop, f"signal {sig.name}")
     lanes = Lanes(deadline=args.admission_deadline)
-    if args.role != "controller":
-        await asyncio.to_thread(lanes.warm)
     server = WebhookServer(state.brain, state.health, metrics=state.metrics,
                            limits=Limits(args.max_connections, args.header_timeout, args.idle_timeout),
                            lanes=lanes)
@@ -859,6 +857,8 @@ async def serve(state: AppState) -> int:
             log.error("cannot listen on %s:%s: %s", args.host, args.port, exc)
             return EXIT_FAILURE
         try:
+            if args.role != "controller":   # the large lane's process, started once listening (not before)
+                state.spawn(asyncio.to_thread(lanes.warm), "admission-worker", critical=False)
             if state.tls is not None and hasattr(state.tls, "watch"):
                 state.spawn(state.tls.watch(TLS_RELOAD_INTERVAL, state.stop_event), "tls-reload")
             try:
