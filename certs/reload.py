@@ -25,9 +25,16 @@ log = logging.getLogger(__name__)
 
 _Signature = tuple  # ((dev, ino, size, mtime_ns) of the cert file, same of the key file)
 
+TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+# TLS 1.2 suites: forward-secret AEAD only (no CBC, no RSA key exchange). TLS 1.3 has AEAD suites only.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
 
 class ReloadingSSLContext:
-    """A TLS server context (TLS >= 1.2) that reloads its certificate pair in place.
+    """A TLS server context that reloads its certificate pair in place.
+
+    ``min_version`` "1.3" (the default) or "1.2"; with 1.2 only ECDHE key exchange with AES-GCM or
+    ChaCha20-Poly1305 is offered.
 
     ``loaded`` tells whether a pair has been loaded; ``not_after`` is the expiry of the loaded
     certificate, ``fingerprint`` its SHA-256. Missing files are not an error: in self-managed mode
@@ -41,12 +48,16 @@ class ReloadingSSLContext:
         key_file: str | os.PathLike[str],
         *,
         on_reload: Optional[Callable[["ReloadingSSLContext"], None]] = None,
+        min_version: str = "1.3",
     ) -> None:
+        if min_version not in TLS_VERSIONS:
+            raise ValueError(f"TLS minimum version must be one of {', '.join(TLS_VERSIONS)}, got {min_version!r}")
         self.cert_file = os.fspath(cert_file)
         self.key_file = os.fspath(key_file)
         self.on_reload = on_reload
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.minimum_version = TLS_VERSIONS[min_version]
+        ctx.set_ciphers(TLS12_CIPHERS)
         ctx.options |= ssl.OP_NO_COMPRESSION
         ctx.set_alpn_protocols(["http/1.1"])
         self.context = ctx

@@ -4,16 +4,23 @@ Routes (``build_app``)::
 
     POST /mutate     AdmissionReview -> AdmissionReview (JSON Patch)
     POST /validate   AdmissionReview -> AdmissionReview
+
+A separate plain-HTTP site (``--metrics-port``) serves, for kubelet probes and scraping, and nothing else::
+
     GET  /healthz    the process is alive
     GET  /readyz     200 when every readiness check passes (TLS pair loaded, policy parsed), else 503 + reason
     GET  /metrics    Prometheus text (webhook.metrics.METRICS.registry)
 
-An optional plain-HTTP site (``--metrics-port``) serves only the last three, for kubelet probes and scraping.
+The webhook port serves admission only, so a NetworkPolicy can admit the API server alone to it. Both ports are
+bounded (``webhook.connections``): a connection cap, a deadline for the TLS handshake plus request head, an
+idle (keep-alive) timeout and a 32 KiB TLS read buffer.
 
 What a client gets back, by failure kind (see webhook/errors.py):
 
 - wrong Content-Type                      -> HTTP 415, ``{"error": ...}``
 - body over ``MAX_BODY`` (8 MiB)           -> HTTP 413, ``{"error": ...}``
+- bodies in flight over ``BODY_BUDGET``   -> HTTP 503, ``{"error": ...}`` (64 MiB across all requests: 256
+                                             connections may not hold 8 MiB each)
 - body not received within READ_TIMEOUT   -> HTTP 408, ``{"error": ...}``
 - not JSON, or not an AdmissionReview     -> HTTP 400, ``{"error": ...}`` (there is no review to answer)
 - an AdmissionReview with a uid whose request is otherwise unusable (e.g. ``request.object`` is a string)
@@ -21,8 +28,16 @@ What a client gets back, by failure kind (see webhook/errors.py):
 - the object is denied by the rules       -> HTTP 200, ``allowed: false``, status code 422, uid echoed
 - a defect of ours (any exception)        -> HTTP 200, ``allowed: false``, status code 500, uid echoed; the
                                              stack trace goes to the log only. Never an HTTP 500.
+- the rules past ``--admission-deadline`` -> HTTP 200, ``allowed: false``, status code 500, uid echoed, the
+                                             message naming the deadline (see below).
 
-The rules (``Brain``) are synchronous and fast; they run inline on the event loop, no threads.
+The rules (``Brain``) run in worker threads, or a worker process for requests over 64 KiB (``webhook.lanes``),
+never on the event loop, with a deadline
+(default 2 s) well under the API server's webhook timeout (the chart's 5 s). Past the deadline the answer is a
+denial, whatever the webhook's failurePolicy: an object that takes seconds to evaluate is pathological (an
+ordinary one takes about a millisecond), it would be as slow to reconcile, and admitting it unchecked is what
+a hostile tenant wants. Answering before the API server's own timeout keeps the choice ours: with
+failurePolicy Ignore a timeout at the API server would store the object unmutated and unvalidated.
 """
 
 from __future__ import annotations
@@ -42,7 +57,9 @@ from typing import Any, Awaitable, Callable, Coroutine
 from aiohttp import web
 
 from .admission import Brain
+from .connections import GuardedSite
 from .errors import Denied, Internal
+from .lanes import DEADLINE, AdmissionTimeout, Lanes
 from .logging_setup import parse_level, setup_logging
 from .metrics import METRICS, RESULTS, Metrics
 from .review import API_VERSION, KIND, AdmissionRequest, AdmissionResult, uid_of
@@ -53,6 +70,11 @@ MAX_BODY = 8 * 1024 * 1024          # an UPDATE carries object + oldObject; cont
 READ_TIMEOUT = 10.0                 # seconds to receive a body (the API server gives up after <= 30 s)
 SLOW_ADMISSION = 1.0                # seconds; slower answers are logged as warnings
 CLOSE_TIMEOUT = 1.0                 # after the grace period: how long aiohttp waits before cancelling handlers
+MAX_CONNECTIONS = 256               # per port; the API server keeps a few keep-alive connections per replica
+HEADER_TIMEOUT = 10.0               # seconds from connect to a complete request head (TLS handshake included)
+IDLE_TIMEOUT = 60.0                 # seconds a keep-alive connection may wait for its next request
+PROBE_MAX_CONNECTIONS = 64
+BODY_BUDGET = 64 * 1024 * 1024      # request bodies held at once, all connections together
 JSON_TYPE = "application/json"
 REVIEW_API_VERSIONS = (API_VERSION, "admission.k8s.io/v1beta1")
 
@@ -124,11 +146,32 @@ class _Inflight:
             return False
 
 
+class _Budget:
+    """Bytes of request bodies held at once. A request reserves its Content-Length (or the body limit when it
+    does not say) before reading, and gives it back when answered."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used = max(0, self.used - n)
+
+
 BRAIN = web.AppKey("brain", Brain)
 HEALTH = web.AppKey("health", Health)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 INFLIGHT = web.AppKey("inflight", _Inflight)
 READ_TIMEOUT_KEY = web.AppKey("read_timeout", float)
+LANES = web.AppKey("lanes", Lanes)
+BODIES = web.AppKey("bodies", "_Budget")
+GUARDS = web.AppKey("guards", list)
 
 
 # ------------------------------------------------------------------------------------------ middleware
@@ -143,11 +186,16 @@ async def _track(request: web.Request, handler: Callable[[web.Request], Awaitabl
                  ) -> web.StreamResponse:
     """Count in-flight requests; while draining, ask keep-alive clients to reconnect (to another replica)."""
     inflight = request.app[INFLIGHT]
+    guards = request.app[GUARDS]
     inflight.enter()
+    for guard in guards:
+        guard.request_started(request.protocol)
     try:
         resp = await handler(request)
     finally:
         inflight.leave()
+        for guard in guards:
+            guard.request_finished(request.protocol)
     if request.app[HEALTH].draining:
         resp.force_close()
     return resp
@@ -201,6 +249,21 @@ def internal_error_result(uid: str, exc: BaseException | None = None) -> Admissi
 
 
 async def _admit(request: web.Request, endpoint: str) -> web.Response:
+    budget = request.app[BODIES]
+    reserve = min(request.content_length if request.content_length is not None else request.client_max_size,
+                  request.client_max_size)
+    if not budget.take(reserve):
+        request.app[METRICS_KEY].observe_admission(endpoint, "", "", "bad_request", 0.0)
+        log.warning("refused a %d-byte %s request: %d bytes of request bodies already in flight", reserve,
+                    endpoint, budget.used, extra={"fields": {"endpoint": endpoint, "remote": request.remote}})
+        return _error(503, "too many large requests in flight; retry")
+    try:
+        return await _admit_body(request, endpoint)
+    finally:
+        budget.give(reserve)
+
+
+async def _admit_body(request: web.Request, endpoint: str) -> web.Response:
     started = time.perf_counter()
     metrics = request.app[METRICS_KEY]
 
@@ -260,7 +323,8 @@ async def _admit(request: web.Request, endpoint: str) -> web.Response:
 
     # 4. Decide. From here on there is a uid to answer: whatever goes wrong is answered as a denial.
     try:
-        return _decide(request, endpoint, req, started)
+        result, failure = await _rules(request, endpoint, req, len(body))
+        return _answer(request, endpoint, req, started, result, failure)
     except Exception:
         log.exception("%s failed with an internal error", endpoint, extra={"fields": {"uid": req.uid}})
         result = internal_error_result(req.uid)
@@ -268,19 +332,36 @@ async def _admit(request: web.Request, endpoint: str) -> web.Response:
         return web.Response(text=text, content_type=JSON_TYPE)
 
 
-def _decide(request: web.Request, endpoint: str, req: AdmissionRequest, started: float) -> web.Response:
-    metrics = request.app[METRICS_KEY]
+def timeout_result(uid: str, exc: AdmissionTimeout) -> AdmissionResult:
+    return AdmissionResult(
+        allowed=False, code=500, reason="error",
+        message=f"llmaz-serverless: {exc}; the object is too expensive to evaluate and is refused "
+                f"(make its serverless.llmaz.io annotations smaller; request uid {uid})")
+
+
+async def _rules(request: web.Request, endpoint: str, req: AdmissionRequest, body_size: int
+                 ) -> tuple[AdmissionResult, BaseException | None]:
+    """Run the rules in a worker lane; returns the result and the defect (if any) to log."""
     brain = request.app[BRAIN]
-    failure: BaseException | None = None
+    rule = brain.mutate if endpoint == "mutate" else brain.validate
     try:
-        result = brain.mutate(req) if endpoint == "mutate" else brain.validate(req)
+        result = await request.app[LANES].run(body_size, rule, req)
         if not isinstance(result, AdmissionResult):
             raise TypeError(f"Brain.{endpoint} returned {type(result).__name__}, not AdmissionResult")
     except Denied as d:
-        result = AdmissionResult(allowed=False, message=d.message, code=d.code, reason="denied")
+        return AdmissionResult(allowed=False, message=d.message, code=d.code, reason="denied"), None
+    except AdmissionTimeout as exc:
+        log.warning("%s past its deadline: %s", endpoint, exc, extra={"fields": {
+            "uid": req.uid, "endpoint": endpoint, "namespace": req.namespace, "body_bytes": body_size}})
+        return timeout_result(req.uid, exc), None
     except Exception as exc:  # a defect of ours: log it, deny cleanly
-        failure = exc
-        result = internal_error_result(req.uid, exc)
+        return internal_error_result(req.uid, exc), exc
+    return result, None
+
+
+def _answer(request: web.Request, endpoint: str, req: AdmissionRequest, started: float,
+            result: AdmissionResult, failure: BaseException | None) -> web.Response:
+    metrics = request.app[METRICS_KEY]
 
     # Encode (a result that cannot be encoded is a defect too).
     try:
@@ -341,18 +422,19 @@ def _base_app(health: Health, metrics: Metrics, **kwargs: Any) -> web.Applicatio
     app[HEALTH] = health
     app[METRICS_KEY] = metrics
     app[INFLIGHT] = _Inflight()
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/metrics", _metrics)
+    app[GUARDS] = []
     return app
 
 
 def build_app(brain: Brain, health: Health, *, metrics: Metrics | None = None, max_body: int = MAX_BODY,
-              read_timeout: float = READ_TIMEOUT) -> web.Application:
-    """The admission application: /mutate /validate /healthz /readyz /metrics."""
+              read_timeout: float = READ_TIMEOUT, lanes: Lanes | None = None,
+              body_budget: int = BODY_BUDGET) -> web.Application:
+    """The admission application: /mutate /validate only."""
     app = _base_app(health, metrics or METRICS, client_max_size=max_body)
+    app[BODIES] = _Budget(body_budget)
     app[BRAIN] = brain
     app[READ_TIMEOUT_KEY] = float(read_timeout)
+    app[LANES] = lanes or Lanes()
     app.router.add_post("/mutate", _mutate)
     app.router.add_post("/validate", _validate)
     return app
@@ -360,7 +442,11 @@ def build_app(brain: Brain, health: Health, *, metrics: Metrics | None = None, m
 
 def build_probe_app(health: Health, metrics: Metrics | None = None) -> web.Application:
     """Plain-HTTP side application: /healthz /readyz /metrics only."""
-    return _base_app(health, metrics or METRICS, client_max_size=64 * 1024)
+    app = _base_app(health, metrics or METRICS, client_max_size=64 * 1024)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    return app
 
 
 # ------------------------------------------------------------------------------------------ server
@@ -373,19 +459,32 @@ def _bound_port(runner: web.AppRunner) -> int:
     raise RuntimeError("the server is not bound to a TCP port")
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Connection bounds of one port (see ``webhook.connections``)."""
+
+    max_connections: int = MAX_CONNECTIONS
+    header_timeout: float = HEADER_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
+
+
 class WebhookServer:
     """The admission app on an HTTPS site, plus an optional plain-HTTP probe/metrics site."""
 
     def __init__(self, brain: Brain, health: Health | None = None, *, metrics: Metrics | None = None,
-                 max_body: int = MAX_BODY, read_timeout: float = READ_TIMEOUT) -> None:
+                 max_body: int = MAX_BODY, read_timeout: float = READ_TIMEOUT, limits: Limits | None = None,
+                 lanes: Lanes | None = None, body_budget: int = BODY_BUDGET) -> None:
         self.brain = brain
         self.health = health if health is not None else Health()
         self.metrics = metrics or METRICS
+        self.limits = limits or Limits()
+        self.lanes = lanes or Lanes()
         self.app = build_app(brain, self.health, metrics=self.metrics, max_body=max_body,
-                             read_timeout=read_timeout)
+                             read_timeout=read_timeout, lanes=self.lanes, body_budget=body_budget)
         self.probe_app = build_probe_app(self.health, self.metrics)
         self._runner: web.AppRunner | None = None
         self._probe_runner: web.AppRunner | None = None
+        self.sites: list[GuardedSite] = []
         self.port: int | None = None
         self.metrics_port: int | None = None
 
@@ -393,57 +492,84 @@ class WebhookServer:
     def inflight(self) -> int:
         return self.app[INFLIGHT].count
 
-    async def _run_site(self, app: web.Application, host: str, port: int, ssl_context: Any) -> web.AppRunner:
-        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=CLOSE_TIMEOUT)
+    async def _run_site(self, app: web.Application, host: str, port: int, ssl_context: Any,
+                        limits: Limits) -> web.AppRunner:
+        # aiohttp's keep-alive timer as a second line behind the guard's sweep.
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=CLOSE_TIMEOUT,
+                               keepalive_timeout=limits.idle_timeout)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+            site = GuardedSite(runner, host, port, ssl_context=ssl_context,
+                               max_connections=limits.max_connections, header_timeout=limits.header_timeout,
+                               idle_timeout=limits.idle_timeout)
+            app[GUARDS].append(site.guard)
+            await site.start()
+            self.sites.append(site)
         except BaseException:
             await runner.cleanup()
             raise
         return runner
 
-    async def start(self, host: str = "0.0.0.0", port: int = 9443, ssl_context: Any = None,
+    async def start(self, host: str = "0.0.0.0", port: int | None = 9443, ssl_context: Any = None,
                     metrics_port: int | None = None) -> None:
-        """Listen on ``host:port`` (HTTPS when ``ssl_context`` is given) and, when ``metrics_port`` is not None,
-        on ``host:metrics_port`` in plain HTTP for probes and scraping. Port 0 picks a free port (see ``.port``
-        and ``.metrics_port``). ``ssl_context`` may be an ``ssl.SSLContext`` or anything with a ``.context``
-        attribute holding one (``certs.reload.ReloadingSSLContext``)."""
-        if self._runner is not None:
+        """Listen on ``host:port`` (HTTPS when ``ssl_context`` is given; ``port=None``: no admission site, the
+        controller role) and, when ``metrics_port`` is not None, on ``host:metrics_port`` in plain HTTP for
+        probes and scraping. Port 0 picks a free port (see ``.port`` and ``.metrics_port``). ``ssl_context``
+        may be an ``ssl.SSLContext`` or anything with a ``.context`` attribute holding one
+        (``certs.reload.ReloadingSSLContext``), read at each new connection."""
+        if self._runner is not None or self._probe_runner is not None:
             raise RuntimeError("server already started")
-        ctx = getattr(ssl_context, "context", ssl_context)
+        if port is None and metrics_port is None:
+            raise ValueError("nothing to listen on")
         self.health.draining = False
-        runner = await self._run_site(self.app, host, port, ctx)
+        runner = None
+        if port is not None:
+            runner = await self._run_site(self.app, host, port, ssl_context, self.limits)
         try:
-            self.port = _bound_port(runner)
+            if runner is not None:
+                self.port = _bound_port(runner)
             if metrics_port is not None:
-                self._probe_runner = await self._run_site(self.probe_app, host, metrics_port, None)
+                probe_limits = Limits(PROBE_MAX_CONNECTIONS, self.limits.header_timeout, self.limits.idle_timeout)
+                self._probe_runner = await self._run_site(self.probe_app, host, metrics_port, None, probe_limits)
                 self.metrics_port = _bound_port(self._probe_runner)
         except BaseException:
-            await runner.cleanup()
+            if runner is not None:
+                await runner.cleanup()
             raise
         self._runner = runner
-        log.info("webhook listening on %s://%s:%d%s", "https" if ctx is not None else "http", host, self.port,
+        tls = ssl_context is not None
+        log.info("webhook %s%s", f"listening on {'https' if tls else 'http'}://{host}:{self.port}"
+                 if self.port is not None else "not serving admission (controller role)",
                  f", probes and metrics on http://{host}:{self.metrics_port}" if self.metrics_port else "",
-                 extra={"fields": {"port": self.port, "metrics_port": self.metrics_port}})
+                 extra={"fields": {"port": self.port, "metrics_port": self.metrics_port,
+                                   "max_connections": self.limits.max_connections,
+                                   "header_timeout": self.limits.header_timeout,
+                                   "idle_timeout": self.limits.idle_timeout,
+                                   "admission_deadline": self.lanes.deadline}})
 
     async def stop(self, grace: float = 10.0) -> None:
         """Graceful stop: readiness turns 503, no new connections, requests in flight get up to ``grace``
-        seconds to finish (keep-alive clients are told to close), then everything is closed."""
+        seconds to finish (idle keep-alive connections are closed, busy ones told to close), then everything
+        is closed."""
         runner, self._runner = self._runner, None
-        if runner is None:
+        if runner is None and self._probe_runner is None:
             return
         self.health.draining = True
-        for site in list(runner.sites):
-            await site.stop()
-        inflight = self.app[INFLIGHT]
-        if not await inflight.wait_idle(grace):
-            log.warning("%d request(s) still in flight after the %.1fs grace period; cancelling them",
-                        inflight.count, grace)
-        await runner.cleanup()
+        if runner is not None:
+            for site in list(runner.sites):
+                await site.stop()
+            inflight = self.app[INFLIGHT]
+            if not await inflight.wait_idle(grace):
+                log.warning("%d request(s) still in flight after the %.1fs grace period; cancelling them",
+                            inflight.count, grace)
+            await runner.cleanup()
         if self._probe_runner is not None:
             probe, self._probe_runner = self._probe_runner, None
             await probe.cleanup()
+        for site in self.sites:
+            await site.close()
+        self.sites = []
+        self.lanes.shutdown()
         log.info("webhook stopped")
 
 
@@ -519,10 +645,16 @@ async def start_background(app_state: AppState) -> None:
       the API server; API discovery feeds ``brain.installed`` (readiness waits for its first round).
     - reconcile workers (unless ``--no-reconcile``), gated by the Lease with ``--leader-election``.
 
+    ``--role admission`` keeps only what admission reads (policy, OpenModels, discovery): no workload, KEDA or
+    HPA caches, no workers, no Lease. ``--role controller`` serves no admission (no TLS, no certificates) and runs
+    the full caches and the workers. ``--role all`` (the default) does both in one process.
+
     Nothing here runs in the ``--cert-mode files --policy-file ... --no-reconcile`` set-up.
     Raising ``ConfigError`` stops the server with exit code 2.
     """
     args = app_state.args
+    admission = args.role in ("all", "admission")
+    reconcile = args.role in ("all", "controller") and not args.no_reconcile
     if not cluster_reasons(args):
         return
     service_namespace = (args.policy_configmap.split("/")[0] if args.policy_configmap
@@ -531,7 +663,7 @@ async def start_background(app_state: AppState) -> None:
 
     kube = Kube(app_state.kube_config if app_state.kube_config is not None else load_kube_config(args))
 
-    if args.cert_mode == "self-managed":
+    if admission and args.cert_mode == "self-managed":
         _start_cert_manager(app_state, service_namespace)
 
     from .controller.reconciler import Controller, run_controller
@@ -554,9 +686,10 @@ async def start_background(app_state: AppState) -> None:
         app_state.spawn(mark_policy_read(), "policy-ready", critical=False)
     async def run_and_close() -> None:
         try:
-            if args.no_reconcile:
-                # Admission only: the caches (policy, OpenModels) still follow the cluster.
-                await controller.run_informers(app_state.stop_event)
+            if not reconcile:
+                # Admission only: the caches it reads (policy, OpenModels, installed APIs) follow the cluster;
+                # with --role admission nothing else is cached.
+                await controller.run_informers(app_state.stop_event, admission_only=args.role == "admission")
             else:
                 await run_controller(kube, app_state.brain, namespace=service_namespace,
                                      policy_configmap=policy_name, leader_election=args.leader_election,
@@ -564,17 +697,18 @@ async def start_background(app_state: AppState) -> None:
         finally:
             await kube.close()
 
-    app_state.spawn(run_and_close(), "informers" if args.no_reconcile else "controller")
+    app_state.spawn(run_and_close(), "controller" if reconcile else "informers")
 
 
 def cluster_reasons(args: argparse.Namespace) -> list[str]:
     """Why this ``serve`` needs a cluster (empty: admission only, from files)."""
     reasons = []
-    if not args.no_reconcile:
+    role = getattr(args, "role", "all")
+    if role in ("all", "controller") and not args.no_reconcile:
         reasons.append("the reconciler runs (--no-reconcile turns it off)")
     if args.policy_configmap:
         reasons.append("--policy-configmap")
-    if args.cert_mode == "self-managed":
+    if role in ("all", "admission") and args.cert_mode == "self-managed":
         reasons.append("--cert-mode self-managed")
     if args.kubeconfig or getattr(args, "context", None):
         # An explicit kubeconfig also means: keep admission's caches (OpenModels, installed APIs) in step with
@@ -676,6 +810,10 @@ def prepare(args: argparse.Namespace, metrics: Metrics | None = None) -> AppStat
         raise ConfigError("--port and --metrics-port must be between 0 and 65535")
     if args.metrics_port and args.metrics_port == args.port:
         raise ConfigError("--metrics-port must differ from --port")
+    if args.role == "controller" and args.no_reconcile:
+        raise ConfigError("--role controller only reconciles; --no-reconcile does not apply")
+    if args.role == "controller" and not args.metrics_port:
+        raise ConfigError("--role controller serves only the metrics port; --metrics-port must not be 0")
 
     brain = Brain()
     if args.policy_file:
@@ -687,21 +825,27 @@ def prepare(args: argparse.Namespace, metrics: Metrics | None = None) -> AppStat
             raise ConfigError(f"--policy-file {args.policy_file}: {exc}") from None
         metrics.policy_valid.set(1)
 
+    kube_config = load_kube_config(args) if cluster_reasons(args) else None
+    health = Health()
+    if args.role == "controller":   # no admission: no serving certificate
+        state = AppState(args=args, brain=brain, health=health, metrics=metrics,
+                         policy_ready=not args.policy_configmap, kube_config=kube_config)
+        health.add_check("policy", lambda: state.policy_ready, "policy ConfigMap not read yet")
+        return state
+
     cert_file, key_file = _resolve_tls_paths(args)
 
     def on_reload(ctx: Any) -> None:
         if getattr(ctx, "not_after", None) is not None:
             metrics.cert_not_after.set(ctx.not_after.timestamp())
 
-    tls = ReloadingSSLContext(cert_file, key_file, on_reload=on_reload)
+    tls = ReloadingSSLContext(cert_file, key_file, on_reload=on_reload, min_version=args.tls_min_version)
     if args.cert_mode == "files" and not tls.loaded:
         for path in (cert_file, key_file):
             if not os.path.isfile(path):
                 raise ConfigError(f"TLS file {path} not found")
         raise ConfigError(f"TLS files {cert_file} / {key_file} are not a usable certificate and key pair")
 
-    kube_config = load_kube_config(args) if cluster_reasons(args) else None
-    health = Health()
     state = AppState(args=args, brain=brain, health=health, metrics=metrics, tls=tls,
                      cert_file=cert_file, key_file=key_file, policy_ready=not args.policy_configmap,
                      kube_config=kube_config)
@@ -728,15 +872,21 @@ async def serve(state: AppState) -> int:
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
         loop.add_signal_handler(sig, state.request_stop, f"signal {sig.name}")
-    server = WebhookServer(state.brain, state.health, metrics=state.metrics)
+    lanes = Lanes(deadline=args.admission_deadline)
+    server = WebhookServer(state.brain, state.health, metrics=state.metrics,
+                           limits=Limits(args.max_connections, args.header_timeout, args.idle_timeout),
+                           lanes=lanes)
     state.server = server
     try:
         try:
-            await server.start(args.host, args.port, state.tls, args.metrics_port or None)
+            await server.start(args.host, None if args.role == "controller" else args.port, state.tls,
+                               args.metrics_port or None)
         except OSError as exc:
             log.error("cannot listen on %s:%s: %s", args.host, args.port, exc)
             return EXIT_FAILURE
         try:
+            if args.role != "controller":   # the large lane's process, started once listening (not before)
+                state.spawn(asyncio.to_thread(lanes.warm), "admission-worker", critical=False)
             if state.tls is not None and hasattr(state.tls, "watch"):
                 state.spawn(state.tls.watch(TLS_RELOAD_INTERVAL, state.stop_event), "tls-reload")
             try:
@@ -789,6 +939,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve", help="run the admission webhook (and the reconciler)",
         description="Serve the mutating and validating admission webhook over HTTPS.")
+    p.add_argument("--role", choices=("all", "admission", "controller"), default="all",
+                   help="admission: serve the webhook only (caches: policy, OpenModels); controller: reconcile "
+                        "only, no webhook port (with --leader-election); all: both in one process "
+                        "(default %(default)s)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default %(default)s)")
     p.add_argument("--port", type=int, default=9443, help="HTTPS port of the webhook (default %(default)s)")
     p.add_argument("--metrics-port", type=int, default=8080,
@@ -798,6 +952,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="files: a pair provided on disk; cert-manager: the same, issued by cert-manager; "
                           "self-managed: the webhook runs its own CA and writes into --cert-dir "
                           "(default %(default)s)")
+    tls.add_argument("--tls-min-version", choices=("1.2", "1.3"), default="1.3",
+                     help="lowest TLS version the webhook accepts; with 1.2 only ECDHE with AES-GCM or "
+                          "ChaCha20-Poly1305 (default %(default)s)")
     tls.add_argument("--cert-dir", help="directory holding tls.crt and tls.key (reloaded when they change)")
     tls.add_argument("--tls-cert-file", help="serving certificate (alternative to --cert-dir)")
     tls.add_argument("--tls-key-file", help="its private key (alternative to --cert-dir)")
@@ -827,6 +984,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tls.add_argument("--cert-extra-san", action="append", default=[], metavar="NAME_OR_IP",
                      help="self-managed mode: extra DNS name or IP address in the serving certificate "
                           "(repeatable; e.g. 127.0.0.1 for a webhook reached on loopback)")
+    lim = p.add_argument_group("limits")
+    lim.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS, metavar="N",
+                     help="open connections on the webhook port; more are closed at once (default %(default)s)")
+    lim.add_argument("--header-timeout", type=_positive_float, default=HEADER_TIMEOUT, metavar="SECONDS",
+                     help="from connect to a complete request head, TLS handshake included (default %(default)s)")
+    lim.add_argument("--idle-timeout", type=_positive_float, default=IDLE_TIMEOUT, metavar="SECONDS",
+                     help="how long a keep-alive connection may wait for its next request (default %(default)s)")
+    lim.add_argument("--admission-deadline", type=_positive_float, default=DEADLINE, metavar="SECONDS",
+                     help="time the rules get per request, queueing included; past it the request is denied; "
+                          "keep it well under the webhook timeoutSeconds (default %(default)s)")
     p.add_argument("--shutdown-grace", type=float, default=10.0,
                    help="seconds in-flight requests get to finish on SIGTERM (default %(default)s)")
     p.add_argument("--shutdown-delay", type=float, default=0.0,

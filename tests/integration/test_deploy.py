@@ -263,7 +263,7 @@ def test_chart_objects_pass_server_side_apply_dry_run(api, mapper, values):
     kinds = collections.Counter(o["kind"] for o in applied)
     assert kinds == collections.Counter({
         "ServiceAccount": 1, "ConfigMap": 1, "ClusterRole": 1, "ClusterRoleBinding": 1, "Role": 1,
-        "RoleBinding": 1, "Service": 1, "Deployment": 1, "PodDisruptionBudget": 1,
+        "RoleBinding": 1, "Service": 1, "Deployment": 2, "PodDisruptionBudget": 1, "NetworkPolicy": 2,
         "MutatingWebhookConfiguration": 1, "ValidatingWebhookConfiguration": 1,
     }), kinds
     # Namespaced objects landed in the release namespace, and the values reached the server's view.

@@ -250,7 +250,7 @@ def test_reload_swaps_the_cert_on_the_same_context_and_keeps_open_connections(tm
     rc = ReloadingSSLContext(crt, key)
     assert not rc.loaded and rc.not_after is None  # files not there yet: no error
     ctx = rc.context
-    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_3   # the default; "1.2" is an option
 
     a = _pair(live_ca, "a.test")
     write_pair(str(tmp_path), a)
@@ -653,3 +653,23 @@ def test_dev_cli_through_the_main_command(tmp_path, capsys):
     assert "127.0.0.1" in ips
     assert cli.main(["certs"]) == 2  # a certs subcommand is required: usage, exit 2
     assert _run_cli(["certs", "dev", "--out", str(tmp_path), "--ip", "not-an-ip"]) == 2
+
+
+def test_tls12_option_offers_no_cbc_and_refuses_tls11(tmp_path, live_ca):
+    write_pair(str(tmp_path), _pair(live_ca, "localhost"))
+    rc = ReloadingSSLContext(tmp_path / "tls.crt", tmp_path / "tls.key", min_version="1.2")
+    assert rc.context.minimum_version == ssl.TLSVersion.TLSv1_2
+    tls12 = [c["name"] for c in rc.context.get_ciphers() if c["protocol"] == "TLSv1.2"]
+    assert tls12 and not [c for c in tls12 if "CBC" in c or "SHA" == c.rsplit("-", 1)[-1]]
+    assert all(c.startswith("ECDHE-") for c in tls12)
+    cafile = tmp_path / "ca.crt"
+    cafile.write_bytes(live_ca.cert_pem)
+    with tls_server(rc.context) as server:
+        cbc_only = ssl.create_default_context(cafile=str(cafile))
+        cbc_only.maximum_version = ssl.TLSVersion.TLSv1_2
+        cbc_only.set_ciphers("ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA:AES128-SHA")
+        with pytest.raises(ssl.SSLError):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+                cbc_only.wrap_socket(sock, server_hostname="localhost")
+    with pytest.raises(ValueError, match="1.2, 1.3"):
+        ReloadingSSLContext(tmp_path / "tls.crt", tmp_path / "tls.key", min_version="1.1")

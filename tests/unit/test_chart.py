@@ -82,6 +82,9 @@ def test_fixed_names(default_docs):
         ("Role", "llmaz-serverless"),
         ("RoleBinding", "llmaz-serverless"),
         ("PodDisruptionBudget", "llmaz-serverless"),
+        ("Deployment", "llmaz-serverless-controller"),
+        ("NetworkPolicy", "llmaz-serverless"),
+        ("NetworkPolicy", "llmaz-serverless-controller"),
     ]:
         assert (kind, name) in names
     for d in default_docs:
@@ -244,14 +247,19 @@ def test_deployment_and_pod_security(default_docs):
     assert c["image"] == "ghcr.io/llmaz-serverless/llmaz-serverless:0.1.0"
     assert c["args"] == [
         "serve",
+        "--role=admission",
         "--port=9443",
         "--metrics-port=8080",
         "--cert-dir=/certs",
         "--cert-mode=self-managed",
+        "--tls-min-version=1.3",
+        "--max-connections=256",
+        "--header-timeout=10",
+        "--idle-timeout=60",
+        "--admission-deadline=2",
         "--policy-configmap=$(POD_NAMESPACE)/llmaz-serverless-policy",
         "--webhook-config-name=llmaz-serverless",
         "--service-name=llmaz-serverless-webhook",
-        "--leader-election",
     ]
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"]}
     assert env == {"POD_NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"}
@@ -340,3 +348,91 @@ def test_static_manifest_matches_a_fresh_render(helm):
     docs = [d for d in yaml.safe_load_all(res.stdout) if d]
     assert docs[0]["kind"] == "Namespace" and docs[0]["metadata"]["name"] == NS
     assert "serverless.llmaz.io/enabled" not in docs[0]["metadata"].get("labels", {})
+
+
+def _deployment(docs, name):
+    dep = _one(docs, "Deployment", name)
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    return dep, container
+
+
+def test_controller_is_its_own_deployment(default_docs):
+    web, _ = _deployment(default_docs, "llmaz-serverless")
+    ctl, c = _deployment(default_docs, "llmaz-serverless-controller")
+    assert ctl["spec"]["replicas"] == 1
+    assert c["args"] == ["serve", "--role=controller", "--metrics-port=8080",
+                         "--policy-configmap=$(POD_NAMESPACE)/llmaz-serverless-policy", "--leader-election"]
+    assert [p["name"] for p in c["ports"]] == ["metrics"]
+    assert "/certs" not in {m["mountPath"] for m in c["volumeMounts"]}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    # Disjoint selectors: neither Deployment (nor the Service, nor the PDB) selects the other's pods.
+    web_sel, ctl_sel = web["spec"]["selector"]["matchLabels"], ctl["spec"]["selector"]["matchLabels"]
+    assert web_sel["app.kubernetes.io/component"] == "webhook"
+    assert ctl_sel["app.kubernetes.io/component"] == "controller"
+    assert not ctl["spec"]["template"]["metadata"]["labels"].items() >= web_sel.items()
+    svc = _one(default_docs, "Service", "llmaz-serverless-webhook")
+    pdb = _one(default_docs, "PodDisruptionBudget", "llmaz-serverless")
+    assert svc["spec"]["selector"] == web_sel == pdb["spec"]["selector"]["matchLabels"]
+
+
+def test_one_deployment_when_not_separate(helm):
+    docs = _template(helm, "--set", "controller.separate=false")
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"] == ["llmaz-serverless"]
+    _, c = _deployment(docs, "llmaz-serverless")
+    assert "--role=all" in c["args"] and "--leader-election" in c["args"]
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "NetworkPolicy"] == ["llmaz-serverless"]
+
+
+def test_pdb_only_with_more_than_one_webhook_replica(helm):
+    docs = _template(helm, "--set", "replicaCount=1")
+    assert not [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert _one(docs, "Deployment", "llmaz-serverless")["spec"]["replicas"] == 1
+    docs = _template(helm, "--set", "replicaCount=3")
+    assert _one(docs, "PodDisruptionBudget", "llmaz-serverless")["spec"]["minAvailable"] == 1
+
+
+def test_guaranteed_resources_and_priority_class(helm):
+    docs = _template(helm, "--set", "guaranteedResources=true", "--set", "priorityClassName=system-cluster-critical",
+                     "--set", "controller.priorityClassName=high")
+    for name, priority in (("llmaz-serverless", "system-cluster-critical"), ("llmaz-serverless-controller", "high")):
+        dep, c = _deployment(docs, name)
+        res = c["resources"]
+        assert res["requests"] == res["limits"], name
+        assert set(res["limits"]) == {"cpu", "memory"}
+        assert dep["spec"]["template"]["spec"]["priorityClassName"] == priority
+    assert _deployment(docs, "llmaz-serverless")[1]["resources"]["limits"] == {"cpu": "100m", "memory": "512Mi"}
+    # Default: Burstable as before, no priority class.
+    dep, c = _deployment(_template(helm), "llmaz-serverless")
+    assert c["resources"]["requests"] != c["resources"]["limits"]
+    assert "priorityClassName" not in dep["spec"]["template"]["spec"]
+
+
+def test_tls_and_limits_values_and_their_checks(helm):
+    docs = _template(helm, "--set", "webhook.tlsMinVersion=1.2", "--set", "webhook.maxConnections=64",
+                     "--set", "webhook.admissionDeadlineSeconds=1.5")
+    _, c = _deployment(docs, "llmaz-serverless")
+    assert "--tls-min-version=1.2" in c["args"] and "--max-connections=64" in c["args"]
+    assert "--admission-deadline=1.5" in c["args"]
+    for bad, message in ((["--set", "webhook.tlsMinVersion=1.1"], "tlsMinVersion"),
+                         (["--set", "webhook.admissionDeadlineSeconds=5"], "must be below webhook.timeoutSeconds")):
+        res = _run([helm, "template", "llmaz-serverless", str(CHART), "--namespace", NS, *bad])
+        assert res.returncode != 0 and message in res.stderr, res.stderr
+
+
+def test_network_policy(default_docs, helm):
+    web = _one(default_docs, "NetworkPolicy", "llmaz-serverless")
+    assert web["spec"]["policyTypes"] == ["Ingress"]
+    assert web["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "webhook"
+    rules = {r["ports"][0]["port"]: r.get("from") for r in web["spec"]["ingress"]}
+    assert set(rules) == {"webhook", "metrics"}
+    assert rules["metrics"] == [{"namespaceSelector": {}}]
+    ctl = _one(default_docs, "NetworkPolicy", "llmaz-serverless-controller")
+    assert [r["ports"][0]["port"] for r in ctl["spec"]["ingress"]] == ["metrics"]
+    # With the API server's address set, only it reaches the webhook port; metrics from the given source.
+    values = ["--set", "networkPolicy.apiServer[0].ipBlock.cidr=10.0.0.10/32",
+              "--set", "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring"]
+    web = _one(_template(helm, *values), "NetworkPolicy", "llmaz-serverless")
+    rules = {r["ports"][0]["port"]: r.get("from") for r in web["spec"]["ingress"]}
+    assert rules["webhook"] == [{"ipBlock": {"cidr": "10.0.0.10/32"}}]
+    assert rules["metrics"] == [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]
+    assert not [d for d in _template(helm, "--set", "networkPolicy.enabled=false") if d["kind"] == "NetworkPolicy"]

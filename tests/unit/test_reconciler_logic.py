@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 
 import pytest
 
@@ -431,3 +432,45 @@ def test_a_build_that_raises_is_quarantined_once_and_not_rebuilt_until_the_objec
     assert len(calls) == 2
     ctl.playgrounds.remove_local("ai", "a")
     assert asyncio.run(ctl.reconcile(key)) == "gone" and key not in ctl.quarantine
+
+
+def test_cached_objects_keep_neither_managed_fields_nor_last_applied():
+    from webhook.controller.objects import LAST_APPLIED, slim_model, slim_workload
+
+    big = "{" + "x" * 10_000 + "}"
+    pg = {"apiVersion": "inference.llmaz.io/v1alpha1", "kind": "Playground",
+          "metadata": {"name": "a", "namespace": "ns", "resourceVersion": "5",
+                       "annotations": {LAST_APPLIED: big, "serverless.llmaz.io/min-replicas": "0"},
+                       "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]},
+          "spec": {"replicas": 1}, "status": {"conditions": []}}
+    slim = slim_workload(pg)
+    assert slim["metadata"]["annotations"] == {"serverless.llmaz.io/min-replicas": "0"}
+    assert "managedFields" not in slim["metadata"] and "status" not in slim
+    assert pg["metadata"]["annotations"][LAST_APPLIED] == big           # the input is not modified
+    model = {"apiVersion": "llmaz.io/v1alpha1", "kind": "OpenModel",
+             "metadata": {"name": "m", "resourceVersion": "3", "annotations": {LAST_APPLIED: big},
+                          "managedFields": [{}]},
+             "spec": {"source": {"modelHub": {"modelID": "x"}}, "inferenceConfig": {"flavors": [{"name": "a100"}]}}}
+    assert slim_model(model) == {"apiVersion": "llmaz.io/v1alpha1", "kind": "OpenModel",
+                                 "metadata": {"name": "m", "resourceVersion": "3"},
+                                 "spec": {"inferenceConfig": {"flavors": [{"name": "a100"}]}}}
+
+
+def test_stub_keeps_what_unmanaging_needs_and_nothing_else():
+    from webhook.controller.objects import is_stub, stub_workload
+    from webhook.mutation import spec_replicas
+    from webhook.settings import opted_out, owned_by_playground
+
+    svc = {"apiVersion": "inference.llmaz.io/v1alpha1", "kind": "Service",
+           "metadata": {"name": "s", "namespace": "ns", "uid": "u1", "resourceVersion": "9",
+                        "ownerReferences": [{"apiVersion": "inference.llmaz.io/v1alpha1", "kind": "Playground",
+                                             "name": "p", "uid": "u0", "controller": True}],
+                        "annotations": {"serverless.llmaz.io/enabled": "false", "team": "x" * 5000}},
+           "spec": {"replicas": 0, "modelClaims": {"models": [{"name": "m"}]}, "workloadTemplate": {"x": 1}}}
+    stub = stub_workload(svc)
+    assert is_stub(stub) and not is_stub(svc)
+    assert stub["metadata"]["annotations"] == {"serverless.llmaz.io/enabled": "false"}
+    assert stub["spec"] == {"replicas": 0} and spec_replicas(stub) == 0
+    assert opted_out(stub) and owned_by_playground(stub)
+    assert stub["metadata"]["uid"] == "u1" and stub["kind"] == "Service"
+    assert len(json.dumps(stub)) < 600 < len(json.dumps(svc))

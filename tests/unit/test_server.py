@@ -19,6 +19,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,11 @@ from certs.reload import ReloadingSSLContext
 from tests.integration.controlplane import free_port
 from webhook.admission import Brain
 from webhook.errors import Internal
-from webhook.server import Health, WebhookServer
+from webhook.connections import EVICT_AFTER
+from webhook.errors import Denied
+from webhook.lanes import AdmissionTimeout, Lanes
+from webhook.review import AdmissionRequest
+from webhook.server import BODIES, Health, Limits, WebhookServer
 
 REPO = Path(__file__).resolve().parents[2]
 MANAGED = "serverless.llmaz.io/managed"
@@ -308,26 +313,28 @@ async def test_brain_exception_is_a_clean_denial(tls_dir, client, caplog):
 
 async def test_health_and_readiness(running: Running, client):
     running.health.set("policy", False, "policy not loaded")
-    for base in (running.url, running.probe_url):
-        async with client.get(base + "/healthz") as resp:
-            assert resp.status == 200
-        async with client.get(base + "/readyz") as resp:
-            assert resp.status == 503
-            body = await resp.json()
-            assert body["ready"] is False and "policy" in body["reason"]
+    base = running.probe_url
+    async with client.get(base + "/healthz") as resp:
+        assert resp.status == 200
+    async with client.get(base + "/readyz") as resp:
+        assert resp.status == 503
+        body = await resp.json()
+        assert body["ready"] is False and "policy" in body["reason"]
     running.health.set("policy", True)
-    for base in (running.url, running.probe_url):
-        async with client.get(base + "/readyz") as resp:
-            assert resp.status == 200 and (await resp.json())["ready"] is True
-    # The plain-HTTP port serves probes and metrics only.
+    async with client.get(base + "/readyz") as resp:
+        assert resp.status == 200 and (await resp.json())["ready"] is True
+    # The plain-HTTP port serves probes and metrics only; the webhook port admission only.
     async with client.post(running.probe_url + "/mutate", json=review(playground())) as resp:
         assert resp.status in (404, 405)
+    for path in ("/healthz", "/readyz", "/metrics"):
+        async with client.get(running.url + path) as resp:
+            assert resp.status == 404, path
 
 
 async def test_metrics(running: Running, client):
     await post(client, running.url + "/mutate", review(playground()))
     await post(client, running.url + "/validate", data=b"{")
-    for base in (running.url, running.probe_url):
+    for base in (running.probe_url,):
         async with client.get(base + "/metrics") as resp:
             assert resp.status == 200 and resp.content_type == "text/plain"
             text = await resp.text()
@@ -448,3 +455,215 @@ def test_serve_cli_refuses_bad_configuration(tls_dir, tmp_path, case):
         assert "--policy-file" in message and "cooldownPerod" in message
     else:
         assert "tls.crt" in message and "not found" in message
+
+
+# ------------------------------------------------------------------------------------------ connection bounds
+
+
+async def start_limited(tls_dir: Path, limits: Limits, brain: Brain | None = None, lanes: Lanes | None = None
+                        ) -> Running:
+    tls = ReloadingSSLContext(tls_dir / "tls.crt", tls_dir / "tls.key")
+    server = WebhookServer(brain or Brain(), Health(), limits=limits, lanes=lanes)
+    await server.start("127.0.0.1", 0, tls, metrics_port=0)
+    return Running(server, server.health)
+
+
+async def closed_by_server(reader: asyncio.StreamReader, within: float) -> bool:
+    """True when the server closes the connection (EOF or reset) before ``within`` seconds."""
+    try:
+        return await asyncio.wait_for(reader.read(1), within) == b""
+    except (ConnectionError, ssl.SSLError):
+        return True
+    except asyncio.TimeoutError:
+        return False
+
+
+async def test_silent_connections_are_closed_after_the_header_deadline(tls_dir, client_ssl):
+    r = await start_limited(tls_dir, Limits(max_connections=50, header_timeout=0.5, idle_timeout=30))
+    try:
+        # One client completes TLS and sends half a request head; one never starts TLS at all.
+        reader, writer = await asyncio.open_connection("127.0.0.1", r.server.port, ssl=client_ssl,
+                                                       server_hostname="localhost")
+        writer.write(b"POST /mutate HTTP/1.1\r\nHost: x\r\n")
+        await writer.drain()
+        raw_reader, raw_writer = await asyncio.open_connection("127.0.0.1", r.server.port)
+        assert await closed_by_server(reader, 5)
+        assert await closed_by_server(raw_reader, 5)
+        guard = r.server.sites[0].guard
+        assert guard.timed_out >= 1 and not guard.conns   # the TLS-less one may go by the handshake timeout
+        writer.close()
+        raw_writer.close()
+    finally:
+        await r.server.stop(grace=1)
+
+
+async def test_idle_keep_alive_connection_is_closed(tls_dir, client_ssl):
+    r = await start_limited(tls_dir, Limits(max_connections=50, header_timeout=30, idle_timeout=0.5))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", r.server.port, ssl=client_ssl,
+                                                       server_hostname="localhost")
+        body = json.dumps(review(playground())).encode()
+        writer.write(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        await reader.readexactly(length)
+        # The answer came; the keep-alive connection now idles past idle_timeout and is closed.
+        assert await closed_by_server(reader, 5)
+        writer.close()
+    finally:
+        await r.server.stop(grace=1)
+
+
+async def test_connection_cap_refuses_then_evicts_silent_connections(tls_dir, client_ssl):
+    r = await start_limited(tls_dir, Limits(max_connections=3, header_timeout=30, idle_timeout=30))
+    guard = r.server.sites[0].guard
+    try:
+        held = [await asyncio.open_connection("127.0.0.1", r.server.port) for _ in range(3)]
+        for _ in range(100):
+            if len(guard.conns) == 3:
+                break
+            await asyncio.sleep(0.01)
+        # At the cap, and every connection younger than EVICT_AFTER: the newcomer is refused.
+        extra_reader, extra_writer = await asyncio.open_connection("127.0.0.1", r.server.port)
+        assert await closed_by_server(extra_reader, 5)
+        assert guard.rejected == 1 and guard.evicted == 0
+        extra_writer.close()
+        # Once they are older, a real client takes the place of the oldest silent one and is answered.
+        await asyncio.sleep(EVICT_AFTER + 0.1)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl)) as session:
+            status, out = await post(session, r.url + "/mutate", review(playground()))
+        assert status == 200 and out["response"]["allowed"] is True
+        assert guard.evicted == 1
+        assert await closed_by_server(held[0][0], 5)
+        for _, w in held:
+            w.close()
+    finally:
+        await r.server.stop(grace=1)
+
+
+async def test_slow_body_is_not_cut_by_the_header_deadline(tls_dir, client, client_ssl):
+    r = await start_limited(tls_dir, Limits(max_connections=50, header_timeout=0.3, idle_timeout=30))
+    try:
+        rv = review(playground())
+        data = json.dumps(rv).encode()
+
+        async def slow_body():
+            yield data[:10]
+            await asyncio.sleep(1.5)   # past the head deadline: the request is in a handler, never cut
+            yield data[10:]
+
+        status, out = await post(client, r.url + "/mutate", data=slow_body())
+        assert status == 200 and out["response"]["uid"] == rv["request"]["uid"]
+    finally:
+        await r.server.stop(grace=1)
+
+
+class _SlowBrain(Brain):
+    """Rules that never finish for one object name (a stand-in for a pathological object)."""
+
+    def __init__(self, release: threading.Event) -> None:
+        super().__init__()
+        self.release = release
+
+    def mutate(self, req):  # type: ignore[override]
+        if req.name == "stuck":
+            self.release.wait(10)
+        return super().mutate(req)
+
+
+async def test_rules_past_the_deadline_are_denied_and_others_still_answered(tls_dir, client):
+    release = threading.Event()
+    r = await start_limited(tls_dir, Limits(), brain=_SlowBrain(release), lanes=Lanes(deadline=0.5))
+    try:
+        stuck = review(playground())
+        stuck["request"]["name"] = "stuck"
+        pending = asyncio.create_task(post(client, r.url + "/mutate", stuck))
+        status, out = await post(client, r.url + "/mutate", review(playground()))
+        assert status == 200 and out["response"]["allowed"] is True
+        status, out = await pending
+        resp = out["response"]
+        assert status == 200 and resp["allowed"] is False and resp["uid"] == stuck["request"]["uid"]
+        assert resp["status"]["code"] == 500 and "longer than 0.5s" in resp["status"]["message"]
+        assert r.server.lanes.timeouts == 1
+    finally:
+        release.set()
+        await r.server.stop(grace=1)
+
+
+def test_large_requests_take_their_own_lane():
+    lanes = Lanes(large_body=1000)
+    try:
+        assert lanes.lane(1000) == "small" and lanes.lane(1001) == "large"
+    finally:
+        lanes.shutdown()
+
+
+async def test_large_lane_runs_in_a_process_that_is_replaced_past_the_deadline():
+    lanes = Lanes(large_body=10, deadline=3.0)
+    try:
+        await asyncio.to_thread(lanes.warm)   # as serve does at start-up: the first request does not pay for it
+        brain = Brain()
+        ok = review(playground())
+        req = AdmissionRequest.from_review(ok)
+        result = await lanes.run(1000, brain.mutate, req)
+        assert result.allowed and result.patch
+        bad = AdmissionRequest.from_review(review(playground(**{"serverless.llmaz.io/min-replicas": "abc"})))
+        denied = await lanes.run(1000, brain.validate, bad)
+        assert not denied.allowed and "min-replicas" in denied.message
+        with pytest.raises(Denied, match="too big"):     # a Denied raised in the process comes back as one
+            await lanes.run(1000, _Denier().mutate, req)
+        # A rule that never returns: the worker process is killed at the deadline and the next request is served
+        # by a fresh one.
+        with pytest.raises(AdmissionTimeout):
+            await lanes.run(1000, _sleeping_brain().mutate, req)
+        assert lanes._process.restarts == 1
+        assert (await lanes.run(1000, brain.mutate, req)).allowed
+    finally:
+        lanes.shutdown()
+
+
+def _sleeping_brain() -> Brain:
+    return _Sleeper()
+
+
+class _Denier(Brain):
+    def mutate(self, req):  # type: ignore[override]
+        raise Denied.one("metadata.annotations", "too big")
+
+
+class _Sleeper(Brain):
+    def mutate(self, req):  # type: ignore[override]
+        import time as _time
+        _time.sleep(60)
+
+
+async def test_request_bodies_in_flight_are_bounded(tls_dir, client):
+    tls = ReloadingSSLContext(tls_dir / "tls.crt", tls_dir / "tls.key")
+    server = WebhookServer(Brain(), Health(), body_budget=64 * 1024)
+    await server.start("127.0.0.1", 0, tls, metrics_port=0)
+    url = f"https://127.0.0.1:{server.port}/mutate"
+    try:
+        rv = review(playground())
+        data = json.dumps(rv).encode()
+        release = asyncio.Event()
+
+        async def slow_body():       # no Content-Length: reserves the whole body limit (8 MiB > 64 KiB)
+            yield data[:10]
+            await release.wait()
+            yield data[10:]
+
+        async with client.post(url, data=slow_body(), headers={"Content-Type": "application/json"}) as resp:
+            assert resp.status == 503 and "in flight" in (await resp.json())["error"]
+        status, out = await post(client, url, rv)     # a sized ordinary request fits
+        assert status == 200 and out["response"]["allowed"] is True
+        big = json.dumps(review(playground(**{"example.com/blob": "x" * 70_000}))).encode()
+        async with client.post(url, data=io.BytesIO(big), headers={"Content-Type": "application/json"}) as resp:
+            assert resp.status == 503
+        release.set()
+        assert server.app[BODIES].used == 0
+    finally:
+        await server.stop(grace=1)

@@ -97,10 +97,10 @@ class Informer:
             except Exception:  # noqa: BLE001
                 log.exception("%s handler failed on %s", self.name, typ)
 
-    def _replace(self, items: list[dict[str, Any]]) -> None:
+    def _replace(self, items: list[dict[str, Any]], *, transformed: bool = False) -> None:
         fresh = {}
         for raw in items:
-            obj = self._t(raw)
+            obj = raw if transformed else self._t(raw)
             fresh[obj_key(obj)] = obj
         old_cache = self.cache
         self.cache = fresh
@@ -140,8 +140,8 @@ class Informer:
             try:
                 if need_list:
                     result = await self.kube.list(self.res, self.namespace, label_selector=self.label_selector,
-                                                  field_selector=self.field_selector)
-                    self._replace(result.items)
+                                                  field_selector=self.field_selector, transform=self.transform)
+                    self._replace(result.items, transformed=True)
                     self.resource_version = result.resource_version
                     self.relists += 1
                     need_list = False

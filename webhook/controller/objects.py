@@ -200,8 +200,16 @@ def describe(so: dict[str, Any] | None) -> str:
 # ------------------------------------------------------------------------ cache transforms (memory)
 
 
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
 def _slim_meta(meta: dict[str, Any], keep_managed: bool) -> dict[str, Any]:
+    """Metadata without managedFields (but ours, when asked) and without kubectl's last-applied copy of the whole
+    object: nothing here reads them, and together they are often more than half an object's size."""
     out = {k: v for k, v in meta.items() if k != "managedFields"}
+    annotations = meta.get("annotations")
+    if isinstance(annotations, dict) and LAST_APPLIED in annotations:
+        out["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
     if keep_managed:
         mf = [e for e in meta.get("managedFields") or [] if e.get("manager") == C.FIELD_MANAGER]
         if mf:
@@ -223,6 +231,40 @@ def slim_workload(obj: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in obj.items() if k != "status"}
     out["metadata"] = _slim_meta(obj.get("metadata") or {}, False)
     return out
+
+
+STUB = "llmaz-serverless.stub"     # marks a cached workload reduced by ``stub_workload``
+
+
+def stub_workload(obj: dict[str, Any]) -> dict[str, Any]:
+    """A workload in a namespace that is not opted in, as the cache keeps it: only what deciding "not managed"
+    and undoing our own work need (identity, owner references, replicas, this project's annotations). Most
+    namespaces of a large cluster are not opted in; their Playgrounds and Services cost a few hundred bytes each
+    instead of their whole spec. ``is_stub`` tells the reconciler to read the object whole before managing it
+    (its namespace was opted in since)."""
+    meta = obj.get("metadata") or {}
+    keep = {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "generation", "labels",
+                                 "ownerReferences", "deletionTimestamp") if k in meta}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith(C.PREFIX)}
+    if annotations:
+        keep["annotations"] = annotations
+    spec = obj.get("spec")
+    out: dict[str, Any] = {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "metadata": keep,
+                           "spec": {"replicas": spec["replicas"]} if isinstance(spec, dict) and "replicas" in spec
+                           else {}, STUB: True}
+    return out
+
+
+def is_stub(obj: dict[str, Any] | None) -> bool:
+    return bool(obj and obj.get(STUB))
+
+
+def slim_model(obj: dict[str, Any]) -> dict[str, Any]:
+    """OpenModels: what ``models.ModelCatalog`` keeps (name, spec.inferenceConfig) plus the informer's keys."""
+    meta = obj.get("metadata") or {}
+    return {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
+            "metadata": {k: meta[k] for k in ("name", "uid", "resourceVersion") if k in meta},
+            "spec": {"inferenceConfig": (obj.get("spec") or {}).get("inferenceConfig") or {}}}
 
 
 def slim_namespace(obj: dict[str, Any]) -> dict[str, Any]:

@@ -84,7 +84,8 @@ from ..keda import Desired, desired_objects
 from ..mutation import spec_replicas
 from ..kube import (CONFIGMAPS, HPAS, INTERCEPTORROUTES, NAMESPACES, OPENMODELS, PLAYGROUNDS, SCALEDOBJECTS,
                     SERVICES, WORKLOAD_RESOURCES, ApiError, Conflict, Kube, NotFound, Resource)
-from ..leader import DEFAULT_LEASE_NAME, LeaderElector, default_identity
+from ..leader import DEFAULT_LEASE_NAME, default_identity
+from ..leader_thread import ThreadedElector
 from ..policy_source import PolicySource
 from ..settings import opted_out, owned_by_playground
 from ..prerequisites import HTTP_ADDON, KEDA
@@ -94,9 +95,10 @@ from .kedastatus import DEFAULT_BOUND, REASON_READY, judge
 from .informer import Informer, obj_key, sleep_or_stop, wait_any
 from .metrics import reconciler_metrics
 from .quarantine import DENIED, FAILED, Quarantine
-from .objects import (Key, classify_hpas, convert_elastic_config, describe, hpa_target_key, is_ours_for,
+from .objects import (Key, classify_hpas, convert_elastic_config, describe, hpa_target_key, is_ours_for, is_stub,
                       live_matches, namespace_enabled, namespace_terminating, restore_replicas, slim_hpa,
-                      slim_namespace, slim_owned, slim_workload, workload_key_of_owned)
+                      slim_model, slim_namespace, slim_owned, slim_workload, stub_workload,
+                      workload_key_of_owned)
 from .workqueue import WorkQueue
 
 log = logging.getLogger("llmaz_serverless.reconciler")
@@ -144,7 +146,7 @@ class Controller:
         self.write_count = 0
         self._bg: set[asyncio.Task] = set()
         self._hpa_index: dict[Key, dict[str, dict[str, Any]]] = {}
-        self.elector: LeaderElector | None = None      # set by run_controller with leader election
+        self.elector: ThreadedElector | None = None    # set by run_controller with leader election
         self.keda_ready_bound = keda_ready_bound
         self.degraded: set[Key] = set()                # managed workloads held above zero (prerequisites)
         self.quarantine = Quarantine(self.metrics.quarantined_workloads, self.metrics.quarantines)
@@ -152,12 +154,14 @@ class Controller:
         self.discovery = APIDiscovery(kube, interval=discovery_interval, on_change=self._on_api_change)
         self._optional_tasks: dict[str, asyncio.Task] = {}
         self._stop: asyncio.Event | None = None
+        self._admission_only = False
 
         wt = watch_timeout
-        self.playgrounds = Informer(kube, PLAYGROUNDS, transform=slim_workload, watch_timeout=wt)
-        self.services = Informer(kube, SERVICES, transform=slim_workload, watch_timeout=wt)
+        # Workloads in namespaces that are not opted in are cached as stubs (``objects.stub_workload``).
+        self.playgrounds = Informer(kube, PLAYGROUNDS, transform=self._cache_form, watch_timeout=wt)
+        self.services = Informer(kube, SERVICES, transform=self._cache_form, watch_timeout=wt)
         self.namespaces = Informer(kube, NAMESPACES, transform=slim_namespace, watch_timeout=wt)
-        self.openmodels = Informer(kube, OPENMODELS, watch_timeout=wt)
+        self.openmodels = Informer(kube, OPENMODELS, transform=slim_model, watch_timeout=wt)
         self.scaledobjects = Informer(kube, SCALEDOBJECTS, label_selector=MANAGED_SELECTOR, transform=slim_owned,
                                       watch_timeout=wt)
         self.routes = Informer(kube, INTERCEPTORROUTES, label_selector=MANAGED_SELECTOR, transform=slim_owned,
@@ -178,6 +182,7 @@ class Controller:
         self.playgrounds.add_handler(self._on_workload)
         self.services.add_handler(self._on_workload)
         self.namespaces.add_handler(self._on_namespace)
+        self.namespaces.on_synced.append(self._restub)
         self.openmodels.add_handler(self._on_openmodel)
         self.openmodels.on_synced.append(self._models_synced)
         self.scaledobjects.add_handler(self._on_owned)
@@ -220,11 +225,28 @@ class Controller:
                 self.recorder.forget(sub)
         self.enqueue((kind, ns, name))
 
+    def _cache_form(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """How a workload is cached: whole (without managedFields, status, last-applied) when its namespace is
+        opted in or not known yet (the namespace cache not synced: never decide on a guess), else a stub."""
+        ns = (obj.get("metadata") or {}).get("namespace") or ""
+        if self.namespaces.synced.is_set() and not namespace_enabled(self.namespaces.get(None, ns)):
+            return stub_workload(obj)
+        return slim_workload(obj)
+
+    def _restub(self, namespace: str | None = None) -> None:
+        """Reduce the cached workloads of namespaces that are not opted in (all, or one) to stubs."""
+        for inf in (self.playgrounds, self.services):
+            for key, obj in list(inf.cache.items()):
+                if (namespace is None or key[0] == namespace) and not is_stub(obj):
+                    inf.cache[key] = self._cache_form(obj)
+
     def _on_namespace(self, typ: str, new: dict[str, Any] | None, old: dict[str, Any] | None) -> None:
         if typ == "MODIFIED" and namespace_enabled(new) == namespace_enabled(old) and \
                 namespace_terminating(new) == namespace_terminating(old):
             return
         ns = obj_key(new or old or {})[1]
+        if not namespace_enabled(new):
+            self._restub(ns)
         for kind, inf in ((C.KIND_PLAYGROUND, self.playgrounds), (C.KIND_SERVICE, self.services)):
             for (wns, name) in list(inf.cache):
                 if wns == ns:
@@ -312,7 +334,7 @@ class Controller:
         return [inf for inf in self.informers if inf not in optional]
 
     def _start_optional(self, name: str) -> None:
-        if name in self._optional_tasks or self._stop is None or self._stop.is_set():
+        if name in self._optional_tasks or self._stop is None or self._stop.is_set() or self._admission_only:
             return
         inf = self.optional[name]
         self._optional_tasks[name] = asyncio.create_task(inf.run(self._stop), name=f"informer-{inf.name}")
@@ -332,20 +354,28 @@ class Controller:
             self._stop_optional(name)
         self.enqueue_all()
 
-    async def run_informers(self, stop: asyncio.Event) -> None:
+    @property
+    def admission_informers(self) -> list[Informer]:
+        """What admission reads: the OpenModel catalog and the policy (no workloads, KEDA objects or HPAs)."""
+        return [inf for inf in (self.openmodels, self.policy_informer) if inf is not None]
+
+    async def run_informers(self, stop: asyncio.Event, *, admission_only: bool = False) -> None:
+        """Run the caches until ``stop``. ``admission_only``: only those admission reads (``--role admission``)."""
         self._stop = stop
-        tasks = [asyncio.create_task(inf.run(stop), name=f"informer-{inf.name}") for inf in self.core_informers]
+        informers = self.admission_informers if admission_only else self.core_informers
+        tasks = [asyncio.create_task(inf.run(stop), name=f"informer-{inf.name}") for inf in informers]
         tasks.append(asyncio.create_task(self.discovery.run(stop), name="api-discovery"))
+        self._admission_only = admission_only   # discovery still feeds brain.installed; no KEDA-object caches
 
         async def mark_synced() -> None:
-            await asyncio.gather(*(inf.synced.wait() for inf in self.core_informers),
+            await asyncio.gather(*(inf.synced.wait() for inf in informers),
                                  self.discovery.first_round.wait())
             for name in self.optional:
                 if self.discovery.installed.known(name) is None:   # could not be asked: assume installed
                     self._start_optional(name)
             self.synced.set()
             log.info("caches synced: %s; installed: %s", ", ".join(
-                f"{inf.name}={len(inf.cache)}" for inf in self.core_informers), self.discovery.installed)
+                f"{inf.name}={len(inf.cache)}" for inf in informers), self.discovery.installed)
 
         tasks.append(asyncio.create_task(mark_synced()))
         try:
@@ -387,6 +417,10 @@ class Controller:
     async def _worker(self, i: int) -> None:
         while True:
             key = await self.queue.get()
+            if self.elector is not None and not self.elector.is_leader:
+                # Stepped down while this loop was busy (the election runs on its own thread): no new work.
+                self.queue.done(key)
+                continue
             t0 = time.perf_counter()
             try:
                 result = await self.reconcile(key)  # type: ignore[arg-type]
@@ -463,6 +497,16 @@ class Controller:
         if reason:
             self.quarantine.release(key)
             return await self._unmanage(key, obj, live_so, live_ir, reason)
+        if is_stub(obj):
+            # Cached while its namespace was not opted in: read it whole once (the cache keeps it whole now).
+            try:
+                fresh = await self.kube.get(WORKLOAD_RESOURCES[kind], name, ns)
+            except NotFound:
+                return "gone"
+            self.workload_informer(kind).put_local(fresh)
+            obj = self.workload_informer(kind).get(ns, name) or self._cache_form(fresh)
+            if is_stub(obj):
+                return "skipped"    # the namespace changed again meanwhile; its own event requeues this
 
         policy, models = self.brain.policy, self.brain.models
         version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
@@ -731,8 +775,9 @@ async def run_controller(kube: Kube, brain: Any, *, namespace: str, policy_confi
             await ctl.run_workers(stop)
             return
         lost = asyncio.Event()
-        elector = LeaderElector(kube, namespace, name=lease_name, identity=identity,
-                                lease_duration=lease_duration, renew_period=renew_period, on_stopped=lost.set)
+        # The Lease is renewed on a thread of its own, watching this loop (see webhook/leader_thread.py).
+        elector = ThreadedElector(kube, namespace, name=lease_name, identity=identity,
+                                  lease_duration=lease_duration, renew_period=renew_period, on_stopped=lost.set)
         ctl.elector = elector
         election = asyncio.create_task(elector.run(stop), name="leader-election")
         try:

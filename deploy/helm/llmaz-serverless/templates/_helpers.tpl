@@ -7,6 +7,7 @@ Fixed object names: the webhook's code refers to them, so they are not derived f
 {{- define "llmaz-serverless.policyConfigMap" -}}llmaz-serverless-policy{{- end -}}
 {{- define "llmaz-serverless.caSecret" -}}llmaz-serverless-ca{{- end -}}
 {{- define "llmaz-serverless.leaseName" -}}llmaz-serverless-leader{{- end -}}
+{{- define "llmaz-serverless.controllerName" -}}llmaz-serverless-controller{{- end -}}
 {{/* cert-manager mode only */}}
 {{- define "llmaz-serverless.servingCertificate" -}}llmaz-serverless-webhook{{- end -}}
 {{- define "llmaz-serverless.servingSecret" -}}llmaz-serverless-webhook-tls{{- end -}}
@@ -18,6 +19,35 @@ Fixed object names: the webhook's code refers to them, so they are not derived f
 {{- define "llmaz-serverless.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "llmaz-serverless.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/*
+Pods of one component: "webhook" (serves admission; with controller.separate=false it reconciles too) or
+"controller" (the reconciler, controller.separate=true). Call with (dict "root" $ "component" "webhook").
+*/}}
+{{- define "llmaz-serverless.componentSelectorLabels" -}}
+{{ include "llmaz-serverless.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/*
+resources, or with guaranteedResources=true the same with requests equal to limits (cpu and memory both
+set in limits, taken from requests where the limit is absent): the Guaranteed QoS class, last to be evicted
+under node memory pressure. Call with (dict "resources" ... "guaranteed" bool).
+*/}}
+{{- define "llmaz-serverless.resources" -}}
+{{- $r := deepCopy (.resources | default dict) -}}
+{{- if .guaranteed -}}
+{{- $req := $r.requests | default dict -}}
+{{- $lim := $r.limits | default dict -}}
+{{- range $k := list "cpu" "memory" -}}
+{{- if and (not (hasKey $lim $k)) (hasKey $req $k) -}}{{- $_ := set $lim $k (get $req $k) -}}{{- end -}}
+{{- if not (hasKey $lim $k) -}}{{- fail (printf "guaranteedResources needs resources.limits.%s (or requests.%s)" $k $k) -}}{{- end -}}
+{{- end -}}
+{{- $_ := set $r "limits" $lim -}}
+{{- $_ := set $r "requests" (deepCopy $lim) -}}
+{{- end -}}
+{{- toYaml $r -}}
 {{- end -}}
 
 {{- define "llmaz-serverless.labels" -}}
