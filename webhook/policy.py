@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .drain import DrainPolicy
 from .triggers import parse_trigger_list
 
 POLICY_KEY = "policy.yaml"
@@ -103,6 +104,7 @@ class Policy(_Strict):
     maxReplicasCap: int = Field(default=64, ge=1, description="no workload may ask for more")
     http: HTTPSettings = HTTPSettings()
     prometheus: PrometheusSettings = PrometheusSettings()
+    drain: DrainPolicy = DrainPolicy()   # scale-in waits for work in progress (webhook/drain.py)
     timezone: str = "UTC"
     acceleratorResources: tuple[str, ...] = DEFAULT_ACCELERATORS
     acceleratorPrefixes: tuple[str, ...] = DEFAULT_ACCELERATOR_PREFIXES

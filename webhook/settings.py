@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from . import constants as C
+from . import drain as drain_rules
 from .accelerators import Detection, detect
 from .errors import Problem
 from .models import ModelCatalog
@@ -47,6 +48,7 @@ class Settings:
     behavior: dict[str, Any] | None
     gpu: bool
     profile: str | None
+    drain: drain_rules.Drain | None = None
 
     def as_annotation(self) -> str:
         doc = {
@@ -61,6 +63,8 @@ class Settings:
         }
         if self.profile:
             doc["profile"] = self.profile
+        if self.drain is not None:
+            doc["drain"] = self.drain.summary()
         return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
@@ -331,6 +335,8 @@ def analyze(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Analys
             if not errs:
                 resolved["behavior"] = behavior
 
+    drain = drain_rules.resolve(ann, policy.drain, problems)
+
     if C.ANN_TRIGGERS in ann:
         presets, errs = parse_triggers_annotation(str(ann[C.ANN_TRIGGERS]), C.ANN_TRIGGERS)
         problems.extend(errs)
@@ -348,6 +354,11 @@ def analyze(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Analys
             C.ANN_MIN_REPLICAS if explicit_min is not None else C.ANN_MAX_REPLICAS,
             f"min-replicas ({lo}, from the {src_min}) is above max-replicas ({hi}, from the {src_max})",
             f"set {C.ANN_MAX_REPLICAS} to at least {lo} or lower {C.ANN_MIN_REPLICAS}"))
+
+    if any(p.name == drain_rules.HOLD_TRIGGER for p in presets):
+        problems.append(Problem(C.ANN_TRIGGERS, f"the trigger name {drain_rules.HOLD_TRIGGER!r} is reserved for the "
+                                "hold that keeps a busy or loading model from going to zero",
+                                "give the trigger another name"))
 
     if not presets and not any(p.where.startswith(C.ANN_TRIGGERS) for p in problems):
         problems.append(Problem(C.ANN_TRIGGERS, "no trigger is configured, so nothing would ever scale "
@@ -369,7 +380,7 @@ def analyze(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Analys
         min_replicas=lo, max_replicas=hi, cooldown_period=resolved["cooldownPeriod"],
         polling_interval=resolved["pollingInterval"], initial_cooldown_period=resolved["initialCooldownPeriod"],
         start_at_zero=bool(resolved["startAtZero"]) and lo == 0, triggers=tuple(presets),
-        behavior=resolved.get("behavior"), gpu=det.gpu, profile=profile)
+        behavior=resolved.get("behavior"), gpu=det.gpu, profile=profile, drain=drain)
     an.settings = settings
 
     ctx = an.trigger_context(policy)
@@ -378,6 +389,9 @@ def analyze(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Analys
     if lo == 0 and presets and not any(p.wakes_from_zero for p in presets):
         an.warnings.append("with min-replicas 0 the queue-depth trigger alone cannot wake the workload (no "
                            "pods, no metrics); add an http or message-queue trigger or set min-replicas 1")
+    if drain is not None and an.backend != "vllm":
+        an.warnings.append(f"backend {an.backend!r}: llmaz-serverless knows no drain flag for it, so requests in "
+                           "flight on a replica that is removed are cut when it stops (vLLM: --shutdown-timeout)")
     if det.gpu and lo > 0:
         an.warnings.append(f"min-replicas {lo} keeps {lo} GPU replica(s) running while idle")
     return an
