@@ -164,9 +164,13 @@ def hold_query(name: str, namespace: str, backend: str, drain: Drain, namespace_
     * busy, bounded: ``(sum(running) + sum(waiting)) and on() (sum(increase(tokens[stuckAfter])) > 0)``: the
       gauges count only while the server generated a token within ``stuckAfter`` seconds, so a gauge stuck
       above zero (a hung engine, a lost decrement) stops holding ``stuckAfter`` after the last token;
-    * loading, bounded: ``count(up == 0 unless on(ns, pod) (up offset loadTimeout))``: pods that Prometheus
-      scrapes but that do not answer (vLLM listens only once the weights are loaded), and whose target did not
-      exist ``loadTimeout`` seconds ago, so a pod that never comes up stops holding after ``loadTimeout``;
+    * loading, bounded: ``count(up == 0 unless (max_over_time(up[L]) == 0 and up offset L))`` with
+      ``L = loadTimeout``: pods that Prometheus scrapes but that do not answer (vLLM listens only once the
+      weights are loaded), minus those that were already scraped ``L`` ago and have not answered once since, so
+      a pod that never comes up stops holding ``L`` after its first scrape. Series are matched on all their
+      labels (pod *and* address): a new pod that reuses the name of one gone a moment ago, as LeaderWorkerSet's
+      pods do on every cold start, is a new series unless it also got the same IP, and then the old one's
+      answers inside the window keep it counted as loading;
     * absent series count as 0 (``or on() vector(0)``): a workload whose pods are gone is never held.
     """
     gauges, progress = _HOLD_SERIES[backend]
@@ -174,8 +178,8 @@ def hold_query(name: str, namespace: str, backend: str, drain: Drain, namespace_
     sel = f'{{{namespace_label}="{namespace}",{pod_label}=~"{pods}"}}'
     busy = " + ".join(f"sum({g}{sel})" for g in gauges)
     bounded = f"(({busy}) and on() (sum(increase({progress}{sel}[{drain.stuck_after}s])) > 0))"
-    loading = (f"count(up{sel} == 0 unless on({namespace_label},{pod_label}) "
-               f"(up{sel} offset {drain.load_timeout}s))")
+    window = f"{drain.load_timeout}s"
+    loading = f"count(up{sel} == 0 unless (max_over_time(up{sel}[{window}]) == 0 and up{sel} offset {window}))"
     return f"({bounded} or on() vector(0)) + ({loading} or on() vector(0))"
 
 
