@@ -16,7 +16,8 @@ It behaves the way a vLLM container does from the outside, which is all the scal
   ``"x_hang": true`` is a request that runs and never produces a token (a hung engine);
 * on SIGTERM it does what vLLM does (vllm-project/vllm #34730 / #36666): with ``--shutdown-timeout 0`` (the
   default) it aborts everything in flight and exits at once; with ``--shutdown-timeout N`` it refuses new
-  requests (503), stops taking jobs, and exits when the requests in flight are done or N seconds have passed.
+  requests (503; ``/health`` and ``/metrics`` still answer), closes idle keep-alive connections, stops taking
+  jobs, and exits when the requests in flight are done or N seconds have passed.
 
 It binds the pod's own IP (``--host``), so traffic routed by the cluster reaches it. Run as
 ``python -m tests.e2e.standin --host 10.244.0.5 --port 8080 --model qwen --load-delay 3``.
@@ -233,8 +234,7 @@ async def main_async(args: argparse.Namespace) -> None:
         pass
     runner = web.AppRunner(make_app(model), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port)
-    await site.start()
+    await web.TCPSite(runner, args.host, args.port).start()
     print(f"standin: {args.model} on {args.host}:{args.port} ready after {args.load_delay}s", flush=True)
     consumer = None
     consumer_stop = asyncio.Event()
@@ -247,9 +247,9 @@ async def main_async(args: argparse.Namespace) -> None:
         os._exit(0)
     model.draining = True
     consumer_stop.set()                    # no new job is taken; the one being served finishes
-    # As uvicorn (vLLM's server) does on shutdown: stop listening, close idle keep-alive connections at once
-    # and the busy ones after their response, so a client's pooled connection is not used for new work here.
-    await site.stop()
+    # Keep listening (/health and /metrics answer, new requests get 503) but close idle keep-alive
+    # connections at once and the busy ones after their response, so a client's pooled connection is not used
+    # for new work here (uvicorn, vLLM's server, does the same with the connections it shuts down).
     for conn in list(runner.server.connections if runner.server else []):
         conn.close()
     t0 = time.monotonic()
