@@ -203,7 +203,7 @@ def test_stuck_busy_metric_holds_no_longer_than_its_bound(stack: LiveStack):
     hung: list = []
     with Timeline(stack.api(), ns, name, extra={"done": lambda: stack.redis("LLEN", f"{queue}:done")}) as tl:
         tl.expect("done", lambda s: s.extra["done"] == 1)
-        stack.redis("LPUSH", queue, "warmup@1")
+        stack.redis("LPUSH", queue, "warmup@8")   # long enough for Prometheus to see tokens move
         tl.wait("done", 30)
         pod = tl.last.ready[0]
         ip = pod["status"]["podIP"]
