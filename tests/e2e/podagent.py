@@ -177,6 +177,12 @@ class PodAgent:
         port = next((p.get("containerPort") for p in ports if p.get("name") == "http"),
                     ports[0].get("containerPort") if ports else 8080)
         model = ((pod.get("metadata") or {}).get("labels") or {}).get("llmaz.io/model-name") or rec.name
+        # A Playground cannot override its BackendRuntime's variables (llmaz v0.1.1 refuses duplicate names), but
+        # its args are appended: "--standin-<option>=<value>" in the container's args wins over STANDIN_<OPTION>.
+        for a in ctr.get("args") or []:
+            if isinstance(a, str) and a.startswith("--standin-") and "=" in a:
+                key, _, value = a[len("--standin-"):].partition("=")
+                env["STANDIN_" + key.upper().replace("-", "_")] = value
         args = [self.python, "-m", "tests.e2e.standin", "--host", rec.ip, "--port", str(port), "--model", model,
                 "--pod", rec.name, "--load-delay", env.get("STANDIN_LOAD_DELAY", "0"),
                 "--service-time", env.get("STANDIN_SERVICE_TIME", "0.05"), "--slots", env.get("STANDIN_SLOTS", "4")]

@@ -40,7 +40,9 @@ STUCK_AFTER = 10   # idem
 def manifest(name: str, annotations: dict[str, str], envs: dict[str, str] | None = None) -> str:
     spec: dict = {"modelClaim": {"modelName": "qwen2-5-7b-instruct"}}
     if envs:
-        spec["backendRuntimeConfig"] = {"envs": [{"name": k, "value": v} for k, v in envs.items()]}
+        # stand-in settings for this workload (tests/e2e/podagent.py): llmaz appends a Playground's args to its
+        # BackendRuntime's, while it refuses envs that repeat the BackendRuntime's names
+        spec["backendRuntimeConfig"] = {"args": [f"--standin-{k}={v}" for k, v in envs.items()]}
     return yaml.safe_dump({"apiVersion": "inference.llmaz.io/v1alpha1", "kind": "Playground",
                            "metadata": {"name": name, "annotations": annotations}, "spec": spec}, sort_keys=False)
 
@@ -49,8 +51,7 @@ def apply_queue_workload(stack: LiveStack, ns: str, name: str, queue: str, annot
                          envs: dict[str, str] | None = None) -> dict:
     triggers = f"- {{type: redis, address: '127.0.0.1:6379', listName: {queue}, listLength: 1}}"
     ann = {C.ANN_TRIGGERS: triggers, C.ANN_POLLING: "1", C.ANN_INITIAL_COOLDOWN: "0", **annotations}
-    out = stack.kubectl("apply", "-n", ns, "-f", "-", input=manifest(name, ann, {"STANDIN_QUEUE": queue,
-                                                                                 **(envs or {})}))
+    out = stack.kubectl("apply", "-n", ns, "-f", "-", input=manifest(name, ann, {"queue": queue, **(envs or {})}))
     assert f"playground.inference.llmaz.io/{name} created" in out.stdout, out.stdout + out.stderr
     custom = client.CustomObjectsApi(stack.api())
     so = wait_for(lambda: (lambda o: o if (condition(o, "Ready") or {}).get("status") == "True" else None)(
@@ -172,7 +173,7 @@ def test_model_loading_longer_than_the_cooldown_is_not_scaled_to_zero(stack: Liv
     stack.redis("DEL", queue)
     # cooldown 10 s: more than Prometheus needs to discover a new pod (its discovery updates targets every 5 s)
     # and scrape it once; a load of 20 s is twice the cooldown
-    apply_queue_workload(stack, ns, name, queue, {C.ANN_COOLDOWN: "10"}, envs={"STANDIN_LOAD_DELAY": str(load)})
+    apply_queue_workload(stack, ns, name, queue, {C.ANN_COOLDOWN: "10"}, envs={"load-delay": str(load)})
     for start in ("first", "second"):
         with Timeline(stack.api(), ns, name) as tl:
             tl.expect("scale", lambda s: s.playground_replicas == 1)
