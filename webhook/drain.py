@@ -66,6 +66,8 @@ class DrainPolicy(BaseModel):
                             description="a busy signal without a generated token for this long is stuck")
     loadTimeout: int = Field(default=900, ge=5, le=86400,
                              description="a pod counts as loading for at most this long")
+    exitWindow: int = Field(default=120, ge=5, le=3600,
+                            description="a pod that answered less than this ago and stops is exiting, not loading")
 
     @model_validator(mode="after")
     def _coherent(self) -> "DrainPolicy":
@@ -84,6 +86,7 @@ class Drain:
     stuck_after: int
     load_timeout: int
     max_request: int | None = None
+    exit_window: int = 120
 
     @property
     def grace_period(self) -> int:
@@ -142,7 +145,8 @@ def resolve(ann: dict[str, str], policy: DrainPolicy, problems: list[Problem]) -
                                 "such a request would be cut when its replica is removed", fix))
         return None
     return Drain(timeout=effective, pre_stop=policy.preStopSeconds, hold=policy.holdWhileBusy,
-                 stuck_after=policy.stuckAfter, load_timeout=policy.loadTimeout, max_request=longest)
+                 stuck_after=policy.stuckAfter, load_timeout=policy.loadTimeout, max_request=longest,
+                 exit_window=policy.exitWindow)
 
 
 # ---------------------------------------------------------------------------------------------- the hold
@@ -164,13 +168,15 @@ def hold_query(name: str, namespace: str, backend: str, drain: Drain, namespace_
     * busy, bounded: ``(sum(running) + sum(waiting)) and on() (sum(increase(tokens[stuckAfter])) > 0)``: the
       gauges count only while the server generated a token within ``stuckAfter`` seconds, so a gauge stuck
       above zero (a hung engine, a lost decrement) stops holding ``stuckAfter`` after the last token;
-    * loading, bounded: ``count(up == 0 unless (max_over_time(up[L]) == 0 and up offset L))`` with
-      ``L = loadTimeout``: pods that Prometheus scrapes but that do not answer (vLLM listens only once the
-      weights are loaded), minus those that were already scraped ``L`` ago and have not answered once since, so
-      a pod that never comes up stops holding ``L`` after its first scrape. Series are matched on all their
-      labels (pod *and* address): a new pod that reuses the name of one gone a moment ago, as LeaderWorkerSet's
-      pods do on every cold start, is a new series unless it also got the same IP, and then the old one's
-      answers inside the window keep it counted as loading;
+    * loading, bounded: ``count(up == 0 unless max_over_time(up[E]) > 0 unless (max_over_time(up[L]) == 0
+      and up offset L))`` with ``E = exitWindow``, ``L = loadTimeout``: pods that Prometheus scrapes but that
+      do not answer (vLLM listens only once the weights are loaded), minus those that answered within ``E``
+      (a pod that served and stops answering is exiting: Prometheus keeps scraping a deleted pod until its
+      discovery drops the target, up to 5 s plus a scrape), minus those that were already scraped ``L`` ago
+      and have not answered once since, so a pod that never comes up stops holding ``L`` after its first
+      scrape. Series are matched on all their labels (pod *and* address): a new pod that reuses the name of
+      one gone a moment ago, as LeaderWorkerSet's pods do on every cold start, is judged on its own series
+      unless it also got the same IP within ``E`` of the old one's last answer;
     * absent series count as 0 (``or on() vector(0)``): a workload whose pods are gone is never held.
     """
     gauges, progress = _HOLD_SERIES[backend]
@@ -178,8 +184,9 @@ def hold_query(name: str, namespace: str, backend: str, drain: Drain, namespace_
     sel = f'{{{namespace_label}="{namespace}",{pod_label}=~"{pods}"}}'
     busy = " + ".join(f"sum({g}{sel})" for g in gauges)
     bounded = f"(({busy}) and on() (sum(increase({progress}{sel}[{drain.stuck_after}s])) > 0))"
-    window = f"{drain.load_timeout}s"
-    loading = f"count(up{sel} == 0 unless (max_over_time(up{sel}[{window}]) == 0 and up{sel} offset {window}))"
+    window, exiting = f"{drain.load_timeout}s", f"{drain.exit_window}s"
+    loading = (f"count(up{sel} == 0 unless max_over_time(up{sel}[{exiting}]) > 0 "
+               f"unless (max_over_time(up{sel}[{window}]) == 0 and up{sel} offset {window}))")
     return f"({bounded} or on() vector(0)) + ({loading} or on() vector(0))"
 
 

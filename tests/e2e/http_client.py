@@ -62,8 +62,9 @@ def burst(n: int, host_header: str | None, **kw) -> list[Answer]:
 class SteadyLoad:
     """Keeps ``concurrency`` requests in flight (each of ``service_seconds`` at the server) until stopped."""
 
-    def __init__(self, host_header: str, concurrency: int, service_seconds: float, timeout: float = 120) -> None:
-        self.host_header, self.concurrency = host_header, concurrency
+    def __init__(self, host_header: str, concurrency: int, service_seconds: float, timeout: float = 120,
+                 target: tuple[str, int] = INTERCEPTOR) -> None:
+        self.host_header, self.concurrency, self.target = host_header, concurrency, target
         self.service_seconds, self.timeout = service_seconds, timeout
         self.answers: list[Answer] = []
         self._stop = threading.Event()
@@ -72,7 +73,7 @@ class SteadyLoad:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            a = chat(self.host_header, service_seconds=self.service_seconds, timeout=self.timeout)
+            a = chat(self.host_header, service_seconds=self.service_seconds, timeout=self.timeout, target=self.target)
             with self._lock:
                 self.answers.append(a)
 

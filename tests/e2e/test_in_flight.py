@@ -35,6 +35,7 @@ pytestmark = pytest.mark.e2e
 
 PRESTOP = 2        # tests/e2e/manifests/policy.yaml
 STUCK_AFTER = 10   # idem
+EXIT_WINDOW = 15   # idem
 
 
 def manifest(name: str, annotations: dict[str, str], envs: dict[str, str] | None = None) -> str:
@@ -105,7 +106,11 @@ def test_streamed_answer_on_the_replica_removed_by_scale_in_completes(stack: Liv
     ip = leaving.status.pod_ip
     streams: list = []
     t_stream = threading.Thread(target=lambda: streams.append(stream_chat((ip, 8080), 40, timeout=90)))
-    with SteadyLoad(f"{name}.{ns}", concurrency=2, service_seconds=0.5, timeout=60) as load, \
+    # Other clients call the llmaz Service (kube-proxy, a new connection per request). Through the HTTP add-on's
+    # interceptor a request can ride a pooled keep-alive connection to the draining pod in the instant the
+    # server closes it (502; seen once in 165 requests; docs/design.md): the add-on v0.15.0 cannot turn reuse off.
+    with SteadyLoad(f"{name}.{ns}", concurrency=2, service_seconds=0.5, timeout=60,
+                    target=(f"{name}-lb.{ns}", 8080)) as load, \
             Timeline(api, ns, name) as tl:
         t_stream.start()
         wait_for(lambda: running_on(ip) >= 1, 10, "the stream to run on the replica that will be removed")
@@ -194,6 +199,7 @@ def test_model_loading_longer_than_the_cooldown_is_not_scaled_to_zero(stack: Liv
               f"{tl.marks['ready'] - t_cancel:.2f} s, Ready -> /scale = 0 {tl.between('ready', 'zero'):.2f} s; "
               f"GPU-seconds the hold kept beyond the cooldown (a load KEDA would have thrown away): {held:.1f}")
         wait_for(lambda: not client.CoreV1Api(stack.api()).list_namespaced_pod(ns).items, 30, "the pod gone")
+        time.sleep(EXIT_WINDOW)   # at zero for a while, as between real cold starts (see drain.exitWindow)
 
 
 def test_stuck_busy_metric_holds_no_longer_than_its_bound(stack: LiveStack):

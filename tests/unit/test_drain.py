@@ -35,7 +35,8 @@ def problems_of(annotations, policy=P):
 
 def test_defaults_come_from_the_policy():
     s = analyze(playground(), P, catalog()).settings
-    assert s.drain == D.Drain(timeout=120, pre_stop=5, hold=True, stuck_after=120, load_timeout=900)
+    assert s.drain == D.Drain(timeout=120, pre_stop=5, hold=True, stuck_after=120, load_timeout=900,
+                              exit_window=120)
     assert s.drain.grace_period == 5 + 120 + D.GRACE_MARGIN
 
 
@@ -172,7 +173,8 @@ def test_hold_trigger_on_workloads_that_may_go_to_zero():
     sel = '{namespace="ai",pod=~"chat-[0-9]+(-[0-9]+)?"}'
     assert f"sum(vllm:num_requests_running{sel}) + sum(vllm:num_requests_waiting{sel})" in q
     assert f"sum(increase(vllm:generation_tokens_total{sel}[120s])) > 0" in q
-    assert f"count(up{sel} == 0 unless (max_over_time(up{sel}[900s]) == 0 and up{sel} offset 900s))" in q
+    assert (f"count(up{sel} == 0 unless max_over_time(up{sel}[120s]) > 0 "
+            f"unless (max_over_time(up{sel}[900s]) == 0 and up{sel} offset 900s))") in q
     assert q.count("or on() vector(0)") == 2
 
 
