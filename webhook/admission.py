@@ -13,6 +13,7 @@ from typing import Any
 import jsonpatch
 
 from . import constants as C
+from . import drain as drain_rules
 from .errors import Denied
 from .models import ModelCatalog
 from .mutation import mutate
@@ -99,6 +100,8 @@ class Brain:
                 and isinstance(req.object, dict))
 
     def mutate(self, req: AdmissionRequest) -> AdmissionResult:
+        if req.group == "" and req.kind == "Pod":
+            return self.mutate_pod(req)
         if not self._in_scope(req):
             return AdmissionResult(reason="skipped")
         policy, models = self.policy, self.models
@@ -110,6 +113,18 @@ class Brain:
             return AdmissionResult(allowed=False, message=d.message, code=d.code, reason="denied")
         patch = make_patch(raw, m.obj) if m.changed else []
         return AdmissionResult(patch=patch, warnings=m.warnings, reason="patched" if patch else "allowed")
+
+    def mutate_pod(self, req: AdmissionRequest) -> AdmissionResult:
+        """The drain of a model pod of a managed workload (grace period, preStop); every other pod untouched.
+        A pod is never denied here: the worst case of a miss is the Kubernetes default grace period."""
+        if req.operation != "CREATE" or req.sub_resource or not isinstance(req.object, dict) or \
+                not isinstance(req.object.get("spec"), dict):
+            return AdmissionResult(reason="skipped")
+        pod, notes = drain_rules.mutate_pod(req.object)
+        if pod is req.object:
+            return AdmissionResult(reason="skipped")
+        patch = make_patch(req.object, pod)
+        return AdmissionResult(patch=patch, warnings=notes, reason="patched" if patch else "allowed")
 
     def validate(self, req: AdmissionRequest) -> AdmissionResult:
         if not self._in_scope(req):

@@ -21,11 +21,14 @@ ANN_INITIAL_COOLDOWN = PREFIX + "initial-cooldown-period"
 ANN_START_AT_ZERO = PREFIX + "start-at-zero"
 ANN_TRIGGERS = PREFIX + "triggers"
 ANN_BEHAVIOR = PREFIX + "scale-behavior"
+ANN_DRAIN_TIMEOUT = PREFIX + "drain-timeout"          # seconds a removed replica gets to finish its work
+ANN_MAX_REQUEST = PREFIX + "max-request-duration"     # the longest request the workload declares
 
 USER_ANNOTATIONS = (
     ANN_ENABLED, ANN_PROFILE, ANN_MIN_REPLICAS, ANN_MAX_REPLICAS, ANN_COOLDOWN, ANN_POLLING,
     ANN_INITIAL_COOLDOWN, ANN_START_AT_ZERO, ANN_TRIGGERS, ANN_BEHAVIOR,
     ANN_KEEP_ALIVE, ANN_COLD_START_OBJECTIVE,
+    ANN_DRAIN_TIMEOUT, ANN_MAX_REQUEST,
 )
 
 # Annotations written by the webhook (status-like; users should not edit them).

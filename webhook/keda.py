@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import constants as C
+from . import drain as drain_rules
 from .errors import Denied, Problem
 from .models import ModelCatalog
 from .policy import Policy
@@ -132,6 +133,10 @@ def desired_objects(workload: dict[str, Any], policy: Policy, models: ModelCatal
                 "metadata": _metadata(kind, name, C.interceptor_route_name(name), ns, owner),
                 "spec": preset.interceptor_route_spec(ctx),
             }
+
+    if s.drain is not None and s.drain.hold and s.min_replicas == 0 and drain_rules.hold_supported(an.backend):
+        # Never to zero while the model is busy or loading, whatever the other triggers say (webhook/drain.py).
+        triggers.append(drain_rules.hold_trigger(name, ns, an.backend, s.drain, policy.prometheus))
 
     spec: dict[str, Any] = {
         "scaleTargetRef": {"apiVersion": C.LLMAZ_API_VERSION, "kind": kind, "name": name},

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import constants as C
+from . import drain as drain_rules
 from .errors import Denied, Problem
 from .models import ModelCatalog
 from .policy import Policy
@@ -134,6 +135,27 @@ def _writable_copy(raw: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def _apply_drain(spec: dict[str, Any], backend: str, drain: drain_rules.Drain, warnings: list[str]) -> None:
+    """The drain of a managed Playground, through the only fields llmaz v0.1.1 carries into its pods:
+    ``backendRuntimeConfig.args`` (appended to the BackendRuntime's) get the backend's shutdown flag, and
+    ``backendRuntimeConfig.envs`` the two markers from which the pod webhook sets the grace period and preStop
+    (Playground and BackendRuntime have no field for either). Both are rewritten on every admission, so a
+    changed drain timeout reaches the pods llmaz makes next."""
+    brc = spec.get("backendRuntimeConfig")
+    brc = dict(brc) if isinstance(brc, dict) else {}
+    args = brc.get("args") if isinstance(brc.get("args"), list) else []
+    new_args, previous = drain_rules.shutdown_args(args, backend, drain.timeout)
+    if previous is not None:
+        warnings.append(f"spec.backendRuntimeConfig.args: {drain_rules.VLLM_SHUTDOWN_FLAG}={previous} was replaced "
+                        f"by {drain.timeout}, the drain timeout of this workload (set it with {C.ANN_DRAIN_TIMEOUT})")
+    if new_args != args or "args" in brc:
+        brc["args"] = new_args
+    envs = brc.get("envs") if isinstance(brc.get("envs"), list) else []
+    brc["envs"] = drain_rules.drain_envs(envs, drain)
+    if brc != spec.get("backendRuntimeConfig"):
+        spec["backendRuntimeConfig"] = brc
+
+
 def mutate(raw: dict[str, Any], old: dict[str, Any] | None, operation: str, policy: Policy,
            models: ModelCatalog, installed: Installed = ASSUMED) -> Mutation:
     """Return the mutated copy of ``raw``; raise ``Denied`` if the object's settings are invalid.
@@ -190,6 +212,8 @@ def mutate(raw: dict[str, Any], old: dict[str, Any] | None, operation: str, poli
             current = spec_replicas(obj)
             floor = max(s.min_replicas, 1)
             spec["replicas"] = floor if current is None else min(max(current, floor), s.max_replicas)
+    if kind == C.KIND_PLAYGROUND and an.settings.drain is not None:
+        _apply_drain(spec, an.backend, an.settings.drain, warnings)
     warnings.extend(an.warnings)
     warnings.extend(degraded.reasons)
     return Mutation(obj=obj, analysis=an, warnings=warnings, changed=obj != raw)

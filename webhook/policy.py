@@ -23,6 +23,7 @@ from .durations import DurationError, go_duration, whole_seconds
 from .tenancy.boundary import Tenancy
 from .tenancy.limits import POLICY_BOUNDS, Limits
 from .tenancy.safeyaml import InputRefused, load as bounded_load
+from .drain import DrainPolicy
 from .triggers import parse_trigger_list
 
 POLICY_KEY = "policy.yaml"
@@ -154,6 +155,7 @@ class Policy(_Strict):
     maxReplicasCap: int = Field(default=64, ge=1, description="no workload may ask for more")
     http: HTTPSettings = HTTPSettings()
     prometheus: PrometheusSettings = PrometheusSettings()
+    drain: DrainPolicy = DrainPolicy()   # scale-in waits for work in progress (webhook/drain.py)
     timezone: str = "UTC"
     annotations: AnnotationSettings = AnnotationSettings()
     acceleratorResources: tuple[str, ...] = DEFAULT_ACCELERATORS

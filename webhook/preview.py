@@ -16,6 +16,7 @@ import yaml
 
 from . import constants as C
 from .admission import make_patch
+from .drain import hold_supported
 from .errors import Denied
 from .keda import desired_objects, metadata_problems
 from .models import ModelCatalog
@@ -147,6 +148,9 @@ def preview_object(obj: dict[str, Any], policy: Policy, models: ModelCatalog, *,
     if not verdict.allowed:
         report.update(allowed=False, message=Denied(verdict.problems).message)
         return report
+    drain = m.analysis.settings.drain if m.analysis.settings is not None else None
+    if drain is not None:
+        report["notes"].append(drain_note(drain, m.analysis.backend, m.analysis.settings.min_replicas))
     # The reconciler builds from the stored object, which then has a uid; show the ownerReference shape.
     stored = dict(m.obj)
     stored["metadata"] = dict(m.obj["metadata"])
@@ -160,6 +164,24 @@ def preview_object(obj: dict[str, Any], policy: Policy, models: ModelCatalog, *,
             f"{shown_name!r} stands for it, and the ScaledObject/InterceptorRoute will carry the real name")
     report["keda"] = desired_objects(stored, policy, models).objects()
     return report
+
+
+def drain_note(drain: Any, backend: str, min_replicas: int) -> str:
+    """What happens to the work on a replica that is removed, and what holds the workload above zero."""
+    flag = f"{backend} --shutdown-timeout={drain.timeout}" if backend == "vllm" else f"{backend}: no drain flag"
+    text = (f"drain: a removed replica gets no new requests, waits {drain.pre_stop} s (preStop), then has "
+            f"{drain.timeout} s to finish its requests ({flag}); terminationGracePeriodSeconds "
+            f"{drain.grace_period}")
+    if drain.max_request is not None:
+        text += f"; longest request declared: {drain.max_request} s"
+    if min_replicas > 0:
+        return text + "; hold: not needed (never scaled to zero)"
+    if drain.hold and hold_supported(backend):
+        return text + (f"; hold: not scaled to zero while requests run or wait (unless no token for "
+                       f"{drain.stuck_after} s) or while a pod loads (at most {drain.load_timeout} s)")
+    if drain.hold:
+        return text + f"; hold: none (no busy metrics known for backend {backend!r})"
+    return text + "; hold: off in the policy (drain.holdWhileBusy)"
 
 
 def _comment(text: str) -> str:

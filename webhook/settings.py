@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import constants as C
+from . import drain as drain_rules
 from .accelerators import Detection, detect
 from .durations import DurationError, human, whole_seconds
 from .errors import Problem
@@ -52,6 +53,7 @@ class Settings:
     profile: str | None
     keep_alive: str = "fixed"             # "learned": the reconciler learns keep-alive and pre-warm per workload
     cold_start_objective: float = 0.01    # share of requests a learned keep-alive may let meet a cold start
+    drain: drain_rules.Drain | None = None
 
     def as_annotation(self) -> str:
         doc = {
@@ -69,6 +71,8 @@ class Settings:
         if self.keep_alive == "learned":
             doc["keepAlive"] = "learned"
             doc["coldStartObjective"] = f"{self.cold_start_objective * 100:g}%"
+        if self.drain is not None:
+            doc["drain"] = self.drain.summary()
         return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
@@ -418,6 +422,8 @@ def analyze(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Analys
             if not errs:
                 resolved["behavior"] = behavior
 
+    drain = drain_rules.resolve(ann, policy.drain, problems)
+
     if C.ANN_TRIGGERS in ann:
         presets, errs = parse_triggers_annotation(str(ann[C.ANN_TRIGGERS]), C.ANN_TRIGGERS, policy.limits)
         problems.extend(errs)
@@ -441,6 +447,11 @@ def analyze(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Analys
             f"min-replicas ({lo}, from the {src_min}) is above max-replicas ({hi}, from the {src_max})",
             f"set {C.ANN_MAX_REPLICAS} to at least {lo} or lower {C.ANN_MIN_REPLICAS}"))
 
+    if any(p.name == drain_rules.HOLD_TRIGGER for p in presets):
+        problems.append(Problem(C.ANN_TRIGGERS, f"the trigger name {drain_rules.HOLD_TRIGGER!r} is reserved for the "
+                                "hold that keeps a busy or loading model from going to zero",
+                                "give the trigger another name"))
+
     if not presets and not any(p.where.startswith(C.ANN_TRIGGERS) for p in problems):
         problems.append(Problem(C.ANN_TRIGGERS, "no trigger is configured, so nothing would ever scale "
                                 "this workload", "name at least one trigger, e.g. http"))
@@ -462,7 +473,8 @@ def analyze(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Analys
         polling_interval=resolved["pollingInterval"], initial_cooldown_period=resolved["initialCooldownPeriod"],
         start_at_zero=bool(resolved["startAtZero"]) and lo == 0, triggers=tuple(presets),
         behavior=resolved.get("behavior"), gpu=det.gpu, profile=profile,
-        keep_alive=resolved.get("keepAlive") or "fixed", cold_start_objective=resolved["objective"])
+        keep_alive=resolved.get("keepAlive") or "fixed", cold_start_objective=resolved["objective"],
+        drain=drain)
     an.settings = settings
     ctx = an.trigger_context(policy)
     too_big = built_problems(built_for(settings, ctx), C.ANN_TRIGGERS, policy.limits)
@@ -476,6 +488,9 @@ def analyze(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Analys
     if lo == 0 and presets and not any(p.wakes_from_zero for p in presets):
         an.warnings.append("with min-replicas 0 the queue-depth trigger alone cannot wake the workload (no "
                            "pods, no metrics); add an http or message-queue trigger or set min-replicas 1")
+    if drain is not None and an.backend != "vllm":
+        an.warnings.append(f"backend {an.backend!r}: llmaz-serverless knows no drain flag for it, so requests in "
+                           "flight on a replica that is removed are cut when it stops (vLLM: --shutdown-timeout)")
     if det.gpu and lo > 0:
         an.warnings.append(f"min-replicas {lo} keeps {lo} GPU replica(s) running while idle")
     readiness = workload_readiness_warning(obj, settings, policy, models)

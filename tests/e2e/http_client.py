@@ -62,8 +62,9 @@ def burst(n: int, host_header: str | None, **kw) -> list[Answer]:
 class SteadyLoad:
     """Keeps ``concurrency`` requests in flight (each of ``service_seconds`` at the server) until stopped."""
 
-    def __init__(self, host_header: str, concurrency: int, service_seconds: float, timeout: float = 120) -> None:
-        self.host_header, self.concurrency = host_header, concurrency
+    def __init__(self, host_header: str, concurrency: int, service_seconds: float, timeout: float = 120,
+                 target: tuple[str, int] = INTERCEPTOR) -> None:
+        self.host_header, self.concurrency, self.target = host_header, concurrency, target
         self.service_seconds, self.timeout = service_seconds, timeout
         self.answers: list[Answer] = []
         self._stop = threading.Event()
@@ -72,7 +73,7 @@ class SteadyLoad:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            a = chat(self.host_header, service_seconds=self.service_seconds, timeout=self.timeout)
+            a = chat(self.host_header, service_seconds=self.service_seconds, timeout=self.timeout, target=self.target)
             with self._lock:
                 self.answers.append(a)
 
@@ -85,3 +86,56 @@ class SteadyLoad:
         self._stop.set()
         for t in self._threads:
             t.join(timeout=self.timeout + 5)
+
+
+@dataclass
+class Stream:
+    sent: float
+    done: float
+    status: int
+    tokens: list[str]
+    finished: bool        # the stream ended with data: [DONE]
+    answered_by: str
+    error: str = ""
+
+    @property
+    def complete(self) -> bool:
+        """Every token in order, then the end marker: nothing was cut."""
+        return self.status == 200 and self.finished and self.tokens == [f"t{i} " for i in range(len(self.tokens))]
+
+
+def stream_chat(target: tuple[str, int], seconds: float, *, host_header: str | None = None,
+                timeout: float = 120) -> Stream:
+    """One streamed answer (server-sent events) of ``seconds`` at the server, read chunk by chunk."""
+    body = {"model": "m", "stream": True, "x_service_seconds": seconds,
+            "messages": [{"role": "user", "content": "write a long answer"}]}
+    hdrs = {"Content-Type": "application/json", **({"Host": host_header} if host_header else {})}
+    sent = time.monotonic()
+    tokens: list[str] = []
+    finished, by, status = False, "", 0
+    conn = http.client.HTTPConnection(*target, timeout=timeout)
+    try:
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers=hdrs)
+        r = conn.getresponse()
+        status = r.status
+        while True:
+            line = r.readline()
+            if not line:
+                break
+            text = line.decode(errors="replace").strip()
+            if not text.startswith("data: "):
+                continue
+            data = text[6:]
+            if data == "[DONE]":
+                finished = True
+                break
+            doc = json.loads(data)
+            if "answered_by" in doc:
+                by = doc["answered_by"]
+            else:
+                tokens.append(doc["choices"][0]["delta"]["content"])
+        return Stream(sent, time.monotonic(), status, tokens, finished, by)
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        return Stream(sent, time.monotonic(), status, tokens, finished, by, error=repr(e))
+    finally:
+        conn.close()

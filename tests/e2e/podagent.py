@@ -10,7 +10,10 @@ that gap the way a kubelet would, so that a pod turns Ready only when its server
 * it runs the container's ``readinessProbe`` (``httpGet`` path and port, ``initialDelaySeconds``,
   ``periodSeconds``) against the stand-in and, on the first success, writes the ``Ready`` and
   ``ContainersReady`` conditions and ready container statuses, as the kubelet's status manager does;
-* when the pod is deleted it stops the stand-in.
+* when the pod is deleted it terminates the container as the kubelet does: the container's ``preStop`` sleep,
+  then SIGTERM, then SIGKILL once the pod's grace period (``deletionGracePeriodSeconds``) has run out; then it
+  removes the pod object (the kubelet's final delete). Until then the pod stays, terminating, and the
+  EndpointSlice controller lists it as not ready, so kube-proxy and the interceptor send it nothing new.
 
 Every step is time-stamped (``PodRecord``) so the tests can report where the time of a cold start goes.
 """
@@ -46,6 +49,10 @@ class PodRecord:
     answered: float = 0.0        # first successful readiness probe
     ready_written: float = 0.0   # Ready condition written
     stopped: float = 0.0
+    terminating: float = 0.0     # deletion seen (monotonic)
+    sigterm: float = 0.0         # SIGTERM sent, after the preStop
+    exited: float = 0.0          # the stand-in's process ended
+    killed: bool = False         # SIGKILL was needed (grace period exhausted)
     probes: int = 0
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
@@ -135,9 +142,20 @@ class PodAgent:
             return
         with self._lock:
             rec = self.records.get(uid)
-        if typ == "DELETED" or meta.get("deletionTimestamp"):
+        if typ == "DELETED":
             if rec is not None:
                 self._stop_standin(rec)
+            return
+        if meta.get("deletionTimestamp"):
+            if rec is None:
+                # never started here: nothing to terminate
+                self._final_delete(meta.get("namespace", ""), meta.get("name", ""), uid)
+            elif not rec.terminating:
+                rec.terminating = time.monotonic()
+                t = threading.Thread(target=self._terminate, args=(rec, pod), name=f"podagent-term-{rec.name}",
+                                     daemon=True)
+                t.start()
+                self._threads.append(t)
             return
         ip = status.get("podIP")
         if not ip or rec is not None:
@@ -159,11 +177,21 @@ class PodAgent:
         port = next((p.get("containerPort") for p in ports if p.get("name") == "http"),
                     ports[0].get("containerPort") if ports else 8080)
         model = ((pod.get("metadata") or {}).get("labels") or {}).get("llmaz.io/model-name") or rec.name
+        # A Playground cannot override its BackendRuntime's variables (llmaz v0.1.1 refuses duplicate names), but
+        # its args are appended: "--standin-<option>=<value>" in the container's args wins over STANDIN_<OPTION>.
+        for a in ctr.get("args") or []:
+            if isinstance(a, str) and a.startswith("--standin-") and "=" in a:
+                key, _, value = a[len("--standin-"):].partition("=")
+                env["STANDIN_" + key.upper().replace("-", "_")] = value
         args = [self.python, "-m", "tests.e2e.standin", "--host", rec.ip, "--port", str(port), "--model", model,
                 "--pod", rec.name, "--load-delay", env.get("STANDIN_LOAD_DELAY", "0"),
                 "--service-time", env.get("STANDIN_SERVICE_TIME", "0.05"), "--slots", env.get("STANDIN_SLOTS", "4")]
         if env.get("STANDIN_REDIS") and env.get("STANDIN_QUEUE"):
             args += ["--redis", env["STANDIN_REDIS"], "--queue", env["STANDIN_QUEUE"]]
+        # vLLM's drain flag, as written into the container's args (by llmaz from the Playground's args)
+        for a in ctr.get("args") or []:
+            if isinstance(a, str) and a.startswith("--shutdown-timeout="):
+                args += ["--shutdown-timeout", a.split("=", 1)[1]]
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.logs_dir / f"standin-{rec.namespace}-{rec.name}.log", "ab")
         try:
@@ -182,7 +210,7 @@ class PodAgent:
         timeout = float(probe.get("timeoutSeconds") or 1)
         if self._stop.wait(float(probe.get("initialDelaySeconds") or 0)):
             return
-        while not self._stop.is_set() and not rec.stopped:
+        while not self._stop.is_set() and not rec.stopped and not rec.terminating:
             rec.probes += 1
             if _probe_once(rec.ip, int(pport), get.get("path", "/"), timeout):
                 rec.answered = time.monotonic()
@@ -215,6 +243,51 @@ class PodAgent:
                     return
                 time.sleep(0.2 * (attempt + 1))
         self.errors.append(f"{rec.namespace}/{rec.name}: could not write Ready")
+
+    def _terminate(self, rec: PodRecord, pod: dict[str, Any]) -> None:
+        """The kubelet's part of a pod deletion: preStop, SIGTERM, SIGKILL at the end of the grace period."""
+        meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+        grace = meta.get("deletionGracePeriodSeconds")
+        grace = float(grace if isinstance(grace, int) else spec.get("terminationGracePeriodSeconds") or 30)
+        deadline = rec.terminating + grace
+        containers = spec.get("containers") or []
+        ctr = next((c for c in containers if c.get("name") == "model-runner"), containers[0] if containers else {})
+        sleep = (((ctr.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get("seconds")
+        if isinstance(sleep, int) and sleep > 0:
+            self._stop.wait(min(sleep, max(0.0, deadline - time.monotonic())))
+        proc = rec.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                rec.sigterm = time.monotonic()
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                rec.killed = True
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+            except ProcessLookupError:
+                pass
+        rec.exited = rec.stopped = time.monotonic()
+        self._final_delete(rec.namespace, rec.name, rec.uid)
+
+    def _final_delete(self, namespace: str, name: str, uid: str) -> None:
+        api = client.CoreV1Api(self._factory())
+        for attempt in range(20):
+            try:
+                api.delete_namespaced_pod(name, namespace, grace_period_seconds=0,
+                                          body=client.V1DeleteOptions(grace_period_seconds=0,
+                                                                      preconditions=client.V1Preconditions(uid=uid)))
+                return
+            except ApiException as e:
+                if e.status in (404, 409):
+                    return
+                time.sleep(0.2 * (attempt + 1))
+            except Exception:  # noqa: BLE001 - the API server may be restarting under a fault test
+                time.sleep(0.2 * (attempt + 1))
+        self.errors.append(f"{namespace}/{name}: could not remove the terminated pod")
 
     def _stop_standin(self, rec: PodRecord) -> None:
         if rec.stopped:

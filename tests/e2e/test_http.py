@@ -119,8 +119,8 @@ def test_queue_depth_scales_out_to_max_and_back(stack: LiveStack):
     so = apply_and_wait_ready(stack, ns, name, playground(name, {
         C.ANN_TRIGGERS: "http, queue-depth", C.ANN_MAX_REPLICAS: "3", C.ANN_COOLDOWN: "20", C.ANN_POLLING: "2",
         C.ANN_BEHAVIOR: yaml.safe_dump(behavior)}))
-    types = [t["type"] for t in so["spec"]["triggers"]]
-    assert types == ["external-push", "prometheus"], types
+    types = [(t["name"], t["type"]) for t in so["spec"]["triggers"]]
+    assert types == [("http", "external-push"), ("queue-depth", "prometheus"), ("llmaz-hold", "prometheus")], types
     api = stack.api()
     hpa = wait_for(lambda: _hpa(api, ns, f"keda-hpa-{name}"), 30, "KEDA's HPA")
     assert hpa.spec.max_replicas == 3

@@ -250,3 +250,24 @@ def test_failure_policy_when_webhook_is_down(kube, webhook, namespace):
         core.patch_namespace("kube-system", {"metadata": {"labels": {C.NAMESPACE_LABEL: None}}})
         apply_configurations(kube, loopback_configurations(webhook.port, webhook.ca_pem))
         webhook.start()
+
+
+def _lws_pod(name, env):
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"leaderworkerset.sigs.k8s.io/name": "chat"}},
+            "spec": {"containers": [{"name": "model-runner", "image": "vllm/vllm-openai", "env": env}]}}
+
+
+def test_playground_drain_and_the_pod_drain_through_the_api_server(kube, opted_in):
+    """The Playground carries the vLLM flag and the markers as stored by the real CRD schema; a pod made from
+    them (as LeaderWorkerSet does) gets the grace period and a preStop sleep that kube-apiserver 1.34 accepts;
+    a pod without the markers is left alone."""
+    create(kube, opted_in, gpu_playground(annotations={C.ANN_DRAIN_TIMEOUT: "90"}))
+    brc = get(kube, opted_in, "chat")["spec"]["backendRuntimeConfig"]
+    assert brc["args"] == ["--shutdown-timeout=90"]
+    core = client.CoreV1Api(kube)
+    pod = core.create_namespaced_pod(opted_in, _lws_pod("chat-0", brc["envs"]))
+    assert pod.spec.termination_grace_period_seconds == 5 + 90 + 5
+    assert pod.spec.containers[0].lifecycle.pre_stop.sleep.seconds == 5
+    other = core.create_namespaced_pod(opted_in, _lws_pod("other-0", [{"name": "A", "value": "1"}]))
+    assert other.spec.termination_grace_period_seconds == 30 and other.spec.containers[0].lifecycle is None

@@ -105,7 +105,7 @@ def _webhooks(docs):
 def test_webhook_configurations_are_safe(default_docs):
     mutating, validating = _webhooks(default_docs)
     for config, path in ((mutating, "/mutate"), (validating, "/validate")):
-        assert len(config["webhooks"]) == 1
+        assert len(config["webhooks"]) == (2 if path == "/mutate" else 1)
         hook = config["webhooks"][0]
         assert hook["clientConfig"]["service"] == {
             "name": "llmaz-serverless-webhook",
@@ -139,6 +139,16 @@ def test_webhook_configurations_are_safe(default_docs):
     assert mutating["webhooks"][0]["reinvocationPolicy"] == "IfNeeded"
     assert "reinvocationPolicy" not in validating["webhooks"][0]
     assert "annotations" not in mutating["metadata"]
+    # The pod hook (drain): pods made by LeaderWorkerSet only, CREATE only, never blocking a pod.
+    pods = mutating["webhooks"][1]
+    assert pods["name"] == "mutate-pods.serverless.llmaz.io"
+    assert pods["clientConfig"]["service"]["path"] == "/mutate" and "caBundle" not in pods["clientConfig"]
+    assert pods["failurePolicy"] == "Ignore" and pods["sideEffects"] == "None"
+    assert pods["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"],
+                              "operations": ["CREATE"], "scope": "Namespaced"}]
+    assert pods["objectSelector"] == {"matchExpressions": [
+        {"key": "leaderworkerset.sigs.k8s.io/name", "operator": "Exists"}]}
+    assert pods["namespaceSelector"] == mutating["webhooks"][0]["namespaceSelector"]
 
 
 def test_webhook_values_are_honoured_and_checked(helm):
@@ -149,6 +159,9 @@ def test_webhook_values_are_honoured_and_checked(helm):
         "--set", "webhook.excludedNamespaces={monitoring}",
         namespace="other-ns",
     )
+    mutating, _ = _webhooks(docs)
+    assert mutating["webhooks"][1]["failurePolicy"] == "Ignore", "a pod is never held up by the drain hook"
+    assert mutating["webhooks"][1]["timeoutSeconds"] == 3
     for config in _webhooks(docs):
         hook = config["webhooks"][0]
         assert hook["failurePolicy"] == "Fail" and hook["timeoutSeconds"] == 3

@@ -38,7 +38,8 @@ def test_scaled_object_for_gpu_playground_with_http_and_queue_depth():
     assert spec["cooldownPeriod"] == P.gpu.cooldownPeriod
     assert spec["initialCooldownPeriod"] == P.gpu.initialCooldownPeriod
     assert spec["pollingInterval"] == P.gpu.pollingInterval
-    assert [t["name"] for t in spec["triggers"]] == ["http", "queue-depth"]
+    # the hold (webhook/drain.py) comes last in every ScaledObject that may go to zero
+    assert [t["name"] for t in spec["triggers"]] == ["http", "queue-depth", "llmaz-hold"]
     assert spec["triggers"][0]["metadata"]["interceptorRoute"] == ir["metadata"]["name"] == "chat"
     assert "advanced" not in spec
     assert ir["apiVersion"] == "http.keda.sh/v1beta1" and ir["kind"] == "InterceptorRoute"
@@ -81,4 +82,5 @@ def test_cron_and_queue_triggers_in_one_scaled_object():
         "[http, {type: cron, start: '0 8 * * 1-5', end: '0 18 * * 1-5', desiredReplicas: 2},"
         " {type: nats-jetstream, natsServerMonitoringEndpoint: 'nats.ai:8222', stream: s, consumer: c}]")}))
     so = desired_objects(obj, P, catalog()).scaled_object
-    assert [t["type"] for t in so["spec"]["triggers"]] == ["external-push", "cron", "nats-jetstream"]
+    assert [t["type"] for t in so["spec"]["triggers"]] == ["external-push", "cron", "nats-jetstream",
+                                                                "prometheus"]

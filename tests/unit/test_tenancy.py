@@ -377,3 +377,10 @@ def test_quarantine_book():
     assert q.still_failing(key, "2", P) is None                  # a denial is cheap: always judged again
     assert q.release(key) and not q.release(key) and len(q) == 0
     assert reg.get_sample_value("q") == 0
+
+
+def test_a_lone_surrogate_is_refused_not_raised() -> None:
+    from webhook.tenancy.safeyaml import Bounds, InputRefused, load
+
+    with pytest.raises(InputRefused, match="not valid Unicode"):
+        load("\ud800", Bounds(max_bytes=1024, max_depth=8, max_nodes=64))

@@ -59,6 +59,13 @@ def load(text: str, bounds: Bounds) -> Any:
         raise InputRefused(f"is {size} bytes, above the limit of {bounds.max_bytes} bytes ({bounds.bytes_name})",
                            "shorten it (fewer or shorter entries), or ask the cluster admin to raise "
                            f"{bounds.bytes_name}", bounds.bytes_name)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # A lone surrogate (JSON can escape one, UTF-8 cannot carry it) would stop the C parser with an
+        # encoding error: refuse it here with where it is.
+        raise InputRefused(f"holds a character that is not valid Unicode text at position {exc.start}",
+                           "remove it; annotations are UTF-8 text") from None
     loader = _LOADER(text)
     try:
         root = _compose(loader, bounds)
