@@ -99,6 +99,15 @@ if [[ -n "$pip_cert" ]]; then
 fi
 
 ref="localhost/llmaz-serverless:$tag"
+# Same inputs, same image (the build is reproducible): an archive built from identical inputs is kept.
+inputs="$( { echo "$tag $SOURCE_DATE_EPOCH $base_ref"; cd "$repo" && find Dockerfile .dockerignore pyproject.toml \
+  README.md webhook certs deploy/image/requirements.lock -type f ! -name '*.pyc' ! -path '*/__pycache__/*' \
+  ! -path '*.egg-info/*' -print0 | sort -z | xargs -0 sha256sum; } | sha256sum | cut -c1-64)"
+if [[ -f "$out" && -f "$out.inputs" && "$(cat "$out.inputs")" == "$inputs" ]]; then
+  log "$ref: archive from identical inputs kept ($out, manifest $(cat "$out.digest"))"
+  echo "$out"
+  exit 0
+fi
 t1=$SECONDS
 log "building $ref from $repo/Dockerfile (SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH)"
 "${bh[@]}" bud --quiet --isolation chroot --pull=never --layers=false \
@@ -107,9 +116,10 @@ log "building $ref from $repo/Dockerfile (SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH)"
   -f "$repo/Dockerfile" -t "$ref" "$repo" >/dev/null
 log "image built in $((SECONDS - t1))s"
 
-rm -f "$out" "$out.digest"
+rm -f "$out" "$out.digest" "$out.inputs"
 "${bh[@]}" push --quiet --format oci --digestfile "$out.digest" "$ref" "oci-archive:$out:$ref"
 cp "$cache/base-${base_ref##*:}.packages" "$out.packages" 2>/dev/null || true
+echo "$inputs" >"$out.inputs"
 "${bh[@]}" rmi "$ref" >/dev/null 2>&1 || true   # the archive is the product; keep the base cached only
 size_mib=$(( $(stat -c %s "$out") / 1048576 ))
 log "$ref: manifest $(cat "$out.digest"), archive ${size_mib} MiB, total $((SECONDS - t0))s"

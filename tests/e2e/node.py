@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import yaml
 from kubernetes import client
 
-from tests.integration.controlplane import ControlPlaneUnavailable, cache_dir, free_port
+from tests.integration.controlplane import ControlPlaneUnavailable, cache_dir
 
 if TYPE_CHECKING:
     from .stack import LiveStack
@@ -98,9 +98,8 @@ class RealNode:
             raise AssertionError(f"ctr {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
         return r
 
-    def import_image(self, archive: Path) -> str:
-        out = self.ctr("images", "import", "--all-platforms", str(archive)).stdout
-        return out
+    def import_image(self, archive: Path) -> None:
+        self.ctr("images", "import", "--all-platforms", str(archive))
 
     def tag_image(self, source: str, target: str) -> None:
         self.ctr("images", "tag", "--force", source, target)
@@ -267,12 +266,3 @@ state = "{self.run_dir / 'state'}"
                     os.kill(int(pid_dir.name), signal.SIGKILL)
                 except OSError:
                     pass
-
-
-def node_pod_ips(api_factory, namespace: str, selector: str) -> dict[str, str]:
-    core = client.CoreV1Api(api_factory())
-    return {p.metadata.name: p.status.pod_ip for p in core.list_namespaced_pod(namespace, label_selector=selector).items
-            if p.spec.node_name == NODE_NAME and p.status.pod_ip}
-
-
-__all__ = ["RealNode", "NODE_NAME", "NODE_LABEL", "NODE_TAINT", "IMAGE_REPOSITORY", "image_archive", "free_port"]
