@@ -328,6 +328,8 @@ def test_helm_uninstall_leaves_nothing_stranded(installed: Install):
             [c.metadata.name for c in adm.list_validating_webhook_configuration().items]
     assert WEBHOOK_CONFIG not in names
     assert installed.pods() == []
+    # Made at run time, not by the release: kept (docs/deploy.md, "Uninstall cleanly").
+    assert _ca_secret(stack).get("ca.crt")
     # The workload keeps scaling: its ScaledObject (owned by the Playground, not by the release) stays, and
     # KEDA still wakes it from zero.
     assert _so_ready(stack, ns, "summarizer")
