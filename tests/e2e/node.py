@@ -104,9 +104,9 @@ class RealNode:
     def tag_image(self, source: str, target: str) -> None:
         self.ctr("images", "tag", "--force", source, target)
 
-    def kill_pod_containers(self, namespace: str, pod: str) -> int:
-        """SIGKILL the application containers of a pod through containerd (a crash, not a graceful stop)."""
-        killed = 0
+    def pod_containers(self, namespace: str, pod: str) -> list[str]:
+        """containerd ids of a pod's application containers (not its sandbox)."""
+        out = []
         for cid in self.ctr("containers", "ls", "-q").stdout.split():
             info = self.ctr("containers", "info", cid, check=False)
             if info.returncode != 0:
@@ -114,8 +114,24 @@ class RealNode:
             labels = json.loads(info.stdout).get("Labels") or {}
             if (labels.get("io.kubernetes.pod.namespace") == namespace and labels.get("io.kubernetes.pod.name") == pod
                     and labels.get("io.cri-containerd.kind") == "container"):
-                if self.ctr("tasks", "kill", "-s", "SIGKILL", cid, check=False).returncode == 0:
-                    killed += 1
+                out.append(cid)
+        return out
+
+    def task_pids(self) -> dict[str, int]:
+        """Running containers' main process ids (``ctr tasks ls``: TASK PID STATUS)."""
+        pids = {}
+        for line in self.ctr("tasks", "ls").stdout.splitlines()[1:]:
+            parts = line.split()
+            if len(parts) >= 3 and parts[2] == "RUNNING":
+                pids[parts[0]] = int(parts[1])
+        return pids
+
+    def kill_pod_containers(self, namespace: str, pod: str) -> int:
+        """SIGKILL the application containers of a pod through containerd (a crash, not a graceful stop)."""
+        killed = 0
+        for cid in self.pod_containers(namespace, pod):
+            if self.ctr("tasks", "kill", "-s", "SIGKILL", cid, check=False).returncode == 0:
+                killed += 1
         if not killed:
             raise AssertionError(f"no running container of pod {namespace}/{pod} on {NODE_NAME}")
         return killed
