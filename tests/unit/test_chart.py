@@ -252,6 +252,7 @@ def test_deployment_and_pod_security(default_docs):
         "--webhook-config-name=llmaz-serverless",
         "--service-name=llmaz-serverless-webhook",
         "--leader-election",
+        "--shutdown-delay=5",
     ]
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"]}
     assert env == {"POD_NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"}
