@@ -85,7 +85,8 @@ class RealNode:
         self.paths = node_prerequisites(tag)
         self.dir = stack.workdir / "node"
         # Unix socket paths are limited to 108 bytes: runtime state lives under the namespace's private /tmp.
-        self.run_dir = Path("/tmp/llmaz-node")
+        # The process id keeps the socket path (which names this node's shims) apart from any other run's.
+        self.run_dir = Path(f"/tmp/llmaz-node-{os.getpid()}")
         self.socket = self.run_dir / "containerd.sock"
         self.started = False
 
