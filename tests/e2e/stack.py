@@ -158,7 +158,10 @@ class LiveStack:
 
     def _aggregation_args(self) -> list[str]:
         fp = self.front_proxy
-        return ["--requestheader-client-ca-file", str(fp.ca), "--requestheader-allowed-names", "front-proxy-client",
+        # All addresses of the private namespace (the last --bind-address wins): pods of the real node
+        # (node.py) reach the API server through the kubernetes Service, on a non-loopback local address.
+        return ["--bind-address", "0.0.0.0",
+                "--requestheader-client-ca-file", str(fp.ca), "--requestheader-allowed-names", "front-proxy-client",
                 "--requestheader-username-headers", "X-Remote-User",
                 "--requestheader-group-headers", "X-Remote-Group",
                 "--requestheader-extra-headers-prefix", "X-Remote-Extra-",

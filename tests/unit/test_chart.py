@@ -273,6 +273,7 @@ def test_deployment_and_pod_security(default_docs):
         "--policy-configmap=$(POD_NAMESPACE)/llmaz-serverless-policy",
         "--webhook-config-name=llmaz-serverless",
         "--service-name=llmaz-serverless-webhook",
+        "--shutdown-delay=5",
     ]
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"]}
     assert env == {"POD_NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"}

@@ -9,6 +9,8 @@
 #   bin/kube-scheduler  bin/kubectl  bin/keda-operator  bin/keda-adapter  bin/llmaz-manager
 #   bin/lws-manager  bin/kwok  bin/redis-server  bin/kube-proxy  bin/iptables
 #   bin/keda-http-interceptor  bin/keda-http-scaler  bin/prometheus             (live stack, tests/e2e)
+#   bin/kubelet, image/pause.oci.tar, containerd + runc + CNI plugins (Debian)  (a real node, tests/e2e)
+#   buildah + mmdebstrap (Debian)                                                (deploy/image/build.sh)
 #   crds/<project>/*.yaml  config/<project>/*.yaml
 #
 # If KUBEBUILDER_ASSETS points at a directory that already holds etcd and kube-apiserver
@@ -19,7 +21,10 @@
 # kubelet) and kubectl, each built from its Go module at a pinned version in a small wrapper module, and
 # Redis from Debian's packages (unpacked into the cache; no daemon is started).
 #
-# Usage: provide.sh [all|control-plane|crds|helm|stack]   (default: all)
+# The real node (kubelet from the same Kubernetes module, Debian's containerd, runc and CNI plugins, and a
+# local pause image: no registry is needed) and the image build tools are installed with apt-get.
+#
+# Usage: provide.sh [all|control-plane|crds|helm|stack|node|image]   (default: all)
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.34.4}"          # KEDA v2.20 supports Kubernetes 1.33-1.35
@@ -104,6 +109,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
 	_ "k8s.io/kubernetes/cmd/kube-proxy"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 EOF
   (
@@ -361,13 +367,70 @@ provide_iptables() {
   } || { log "could not install iptables"; exit 3; }
 }
 
+# apt_install <what for> <command or absolute path that exists afterwards> <package>...: Debian's packages,
+# installed once.
+apt_install() {
+  local why="$1" probe="$2"; shift 2
+  if [[ $probe == /* && -x $probe ]] || { [[ $probe != /* ]] && command -v "$probe" >/dev/null; }; then
+    log "$why present"; return
+  fi
+  command -v apt-get >/dev/null || { log "$why: install $* with your package manager"; exit 3; }
+  log "installing $* from Debian's packages ($why)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >/dev/null 2>&1 || {
+    apt-get update >/dev/null 2>&1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >/dev/null
+  } || { log "could not install $* (needs root)"; exit 3; }
+}
+
+# Image builds without a Docker daemon (deploy/image/build.sh).
+provide_image_tools() {
+  apt_install "image build (buildah)" buildah buildah
+  apt_install "image build (mmdebstrap)" mmdebstrap mmdebstrap
+}
+
+# A real node for the live stack: kubelet (same module and version as the control plane), containerd + runc
+# (Debian; started by the tests with their own configuration, no system service), the CNI bridge plugins,
+# and a pause image built locally from Debian's busybox-static (no registry can be assumed).
+provide_node() {
+  build_k8s kubelet
+  apt_install "node runtime (containerd)" containerd containerd runc
+  apt_install "node networking (CNI plugins)" /usr/lib/cni/bridge containernetworking-plugins
+  provide_image_tools
+  provide_pause_image
+}
+
+provide_pause_image() {
+  local out="$CACHE/image/pause.oci.tar" stamp="busybox-static pause v1"
+  if [[ -f "$out" && -f "$out.version" && "$(cat "$out.version")" == "$stamp" ]]; then log "pause image cached"; return; fi
+  local dl="$WORK/pause"
+  rm -rf "$dl"; mkdir -p "$dl/root" "$CACHE/image"
+  (cd "$dl" && apt-get download busybox-static >/dev/null 2>&1) || {
+    apt-get update >/dev/null 2>&1; (cd "$dl" && apt-get download busybox-static >/dev/null); } \
+    || { log "could not download busybox-static"; exit 3; }
+  dpkg -x "$dl"/busybox-static_*.deb "$dl/root"
+  local bh=(buildah --root "$CACHE/image/storage" --runroot "$CACHE/image/run" --storage-driver vfs)
+  local ctr
+  ctr="$("${bh[@]}" from scratch)"
+  "${bh[@]}" copy "$ctr" "$dl/root/bin/busybox" /bin/busybox >/dev/null
+  # The sandbox's only job is to hold the pod's namespaces: sleep as long as a 32-bit timer allows.
+  "${bh[@]}" config --entrypoint '["/bin/busybox","sleep","2147483647"]' --user 65535:65535 "$ctr"
+  "${bh[@]}" commit --quiet --rm --timestamp 0 "$ctr" localhost/llmaz-serverless-pause:1 >/dev/null
+  rm -f "$out"
+  "${bh[@]}" push --quiet --format oci localhost/llmaz-serverless-pause:1 "oci-archive:$out:localhost/llmaz-serverless-pause:1"
+  "${bh[@]}" rmi localhost/llmaz-serverless-pause:1 >/dev/null 2>&1 || true
+  echo "$stamp" >"$out.version"
+  log "pause image in $out"
+}
+
 what="${1:-all}"
 case "$what" in
   control-plane) build_etcd; build_k8s ;;
   crds) provide_crds ;;
   helm) build_helm ;;
   stack) provide_crds; build_etcd; build_k8s; provide_stack ;;
+  node) provide_crds; build_etcd; build_k8s; provide_node ;;
+  image) provide_image_tools ;;
   all) provide_crds; build_etcd; build_k8s; build_helm; provide_stack ;;
-  *) echo "usage: $0 [all|control-plane|crds|helm|stack]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|control-plane|crds|helm|stack|node|image]" >&2; exit 2 ;;
 esac
 echo "$CACHE"
