@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable
 import pytest
 
 from webhook import constants as C
+from webhook.drain import HOLD_TRIGGER
 from webhook.admission import Brain
 from webhook.keda import desired_objects
 from webhook.kube import (CONFIGMAPS, EVENTS, HPAS, INTERCEPTORROUTES, LEASES, NAMESPACES, PLAYGROUNDS,
@@ -237,7 +238,7 @@ async def test_annotation_edits_update_objects(start_controller, akube, namespac
 
     async def prometheus_only():
         so = await so_of(akube, ns, "edit")
-        types = [t["type"] for t in so["spec"]["triggers"]] if so else []
+        types = [t["type"] for t in so["spec"]["triggers"] if t.get("name") != HOLD_TRIGGER] if so else []
         return so if types == ["prometheus"] else None
     await wait_for(prometheus_only, what="triggers [prometheus]")
     await wait_for(lambda: _absent(akube, INTERCEPTORROUTES, "edit", ns), what="InterceptorRoute deleted")

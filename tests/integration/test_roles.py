@@ -26,7 +26,7 @@ from kubernetes.client.rest import ApiException
 
 from tests.integration.test_serve_e2e import NS, service_namespace, wait_for  # noqa: F401 - fixture
 from tests.integration.test_webhook_admission import apply_configurations, delete_configurations
-from tests.integration.webhook_harness import ROOT, free_port, shipped_webhook_configurations
+from tests.integration.webhook_harness import ROOT, free_port, shipped_webhook_configurations, stop_process_group
 from webhook import constants as C
 from webhook.kube import LEASES, Kube
 from webhook.leader_thread import ThreadedElector
@@ -48,14 +48,6 @@ def _ready(proc: subprocess.Popen, metrics_port: int, log_path) -> bool:
         return False
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture
@@ -83,9 +75,16 @@ def split(control_plane, kube, service_namespace, tmp_path):  # noqa: F811 - pyt
         wait_for(lambda: _ready(controller, controller_metrics, controller_log), 60, "the controller process")
         yield admission, controller, (admission_log, controller_log)
     finally:
-        _stop(controller)
-        _stop(admission)
+        stop_process_group(controller)
+        stop_process_group(admission)
         delete_configurations(kube)
+        # A SIGKILLed controller cannot release its Lease: free it so the next test's leader need not wait
+        # out the lease duration.
+        try:
+            client.CoordinationV1Api(kube).delete_namespaced_lease("llmaz-serverless-leader", NS)
+        except ApiException as e:
+            if e.status != 404:
+                raise
 
 
 def test_admission_survives_the_controller(kube, namespace, split):

@@ -18,7 +18,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.integration.webhook_harness import ROOT, free_port, shipped_webhook_configurations
+from tests.integration.webhook_harness import ROOT, free_port, shipped_webhook_configurations, stop_process_group
 from tests.integration.test_webhook_admission import apply_configurations, delete_configurations
 from webhook import constants as C
 
@@ -90,13 +90,7 @@ def served(control_plane, kube, service_namespace, tmp_path):
         wait_for(ready, 60, "readiness (cert issued, caBundle injected, policy read)")
         yield proc, metrics_port, time.monotonic() - t0, log_path
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process_group(proc)
         delete_configurations(kube)
 
 

@@ -13,10 +13,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.integration.test_webhook_admission import (OPT_IN, apply_configurations, create,
-                                                      delete_configurations, gpu_playground,
+from tests.integration.test_webhook_admission import (OPT_IN, create, gpu_playground, registered_webhook,
                                                       wait_until_webhook_active)
-from tests.integration.webhook_harness import WebhookProcess, loopback_configurations
 from webhook import constants as C
 
 RAW_NS = "tenancy-raw-it"       # the one namespace the test policy lends raw triggers to
@@ -37,14 +35,8 @@ def webhook(control_plane, kube, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("webhook-tenancy")
     policy = workdir / "policy.yaml"
     policy.write_text(POLICY, encoding="utf-8")
-    proc = WebhookProcess(workdir, policy_file=policy)
-    proc.start()
-    apply_configurations(kube, loopback_configurations(proc.port, proc.ca_pem))
-    try:
+    with registered_webhook(kube, workdir, policy_file=policy) as proc:
         yield proc
-    finally:
-        delete_configurations(kube)
-        proc.stop()
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -81,9 +82,11 @@ def wait_until_webhook_active(kube, ns):
     raise AssertionError("webhook configuration did not become active within 20s")
 
 
-@pytest.fixture(scope="module")
-def webhook(control_plane, kube, tmp_path_factory):
-    proc = WebhookProcess(tmp_path_factory.mktemp("webhook"))
+@contextlib.contextmanager
+def registered_webhook(kube, workdir, **kwargs):
+    """The shipped webhook as a process, registered with the API server through the shipped configurations
+    (pointed at loopback); unregistered and stopped on the way out."""
+    proc = WebhookProcess(workdir, **kwargs)
     proc.start()
     apply_configurations(kube, loopback_configurations(proc.port, proc.ca_pem))
     try:
@@ -91,6 +94,12 @@ def webhook(control_plane, kube, tmp_path_factory):
     finally:
         delete_configurations(kube)
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def webhook(control_plane, kube, tmp_path_factory):
+    with registered_webhook(kube, tmp_path_factory.mktemp("webhook")) as proc:
+        yield proc
 
 
 @pytest.fixture
