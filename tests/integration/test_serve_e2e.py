@@ -35,6 +35,16 @@ def wait_for(predicate, timeout, what):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def _delete_release_state(core) -> None:
+    for name in ("llmaz-serverless-policy", "llmaz-serverless-ca"):
+        for fn in (core.delete_namespaced_config_map, core.delete_namespaced_secret):
+            try:
+                fn(name, NS)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
+
 @pytest.fixture
 def service_namespace(kube):
     core = client.CoreV1Api(kube)
@@ -43,17 +53,13 @@ def service_namespace(kube):
     except ApiException as e:
         if e.status != 409:
             raise
-    for name in ("llmaz-serverless-policy", "llmaz-serverless-ca"):
-        for fn in (core.delete_namespaced_config_map, core.delete_namespaced_secret):
-            try:
-                fn(name, NS)
-            except ApiException as e:
-                if e.status != 404:
-                    raise
+    _delete_release_state(core)
     core.create_namespaced_config_map(NS, client.V1ConfigMap(
         metadata=client.V1ObjectMeta(name="llmaz-serverless-policy"),
         data={"policy.yaml": "maxReplicasCap: 12\ngpu: {cooldownPeriod: 900}\n"}))
-    return NS
+    yield NS
+    # Later tests install the chart into the same namespace: leave no policy or CA of ours behind.
+    _delete_release_state(core)
 
 
 @pytest.fixture
