@@ -50,7 +50,7 @@ def manifest(name: str, annotations: dict[str, str], envs: dict[str, str] | None
 
 def apply_queue_workload(stack: LiveStack, ns: str, name: str, queue: str, annotations: dict[str, str],
                          envs: dict[str, str] | None = None) -> dict:
-    triggers = f"- {{type: redis, address: '127.0.0.1:6379', listName: {queue}, listLength: 1}}"
+    triggers = f"- {{type: redis, address: 'redis.queues:6379', listName: {queue}, listLength: 1}}"
     ann = {C.ANN_TRIGGERS: triggers, C.ANN_POLLING: "1", C.ANN_INITIAL_COOLDOWN: "0", **annotations}
     out = stack.kubectl("apply", "-n", ns, "-f", "-", input=manifest(name, ann, {"queue": queue, **(envs or {})}))
     assert f"playground.inference.llmaz.io/{name} created" in out.stdout, out.stdout + out.stderr

@@ -167,7 +167,7 @@ def _playground(name: str, queue: str) -> dict:
     doc = yaml.safe_load((MANIFESTS / "playground-redis.yaml").read_text())
     doc["metadata"]["name"] = name
     doc["metadata"]["annotations"][C.ANN_TRIGGERS] = (
-        f"- {{type: redis, address: '127.0.0.1:6379', listName: {queue}, listLength: 1}}")
+        f"- {{type: redis, address: 'redis.queues:6379', listName: {queue}, listLength: 1}}")
     return doc
 
 
@@ -187,8 +187,8 @@ def test_helm_install_check_and_scale_from_zero(installed: Install):
     stack = installed.stack
     installed.install(install_values(chart_app_version()))
     installed.rollout()
-    pods = installed.pods()
-    assert len(pods) == 2 and {p.spec.node_name for p in pods} == {NODE_NAME}, [
+    pods = installed.pods()   # two webhook replicas and two controller replicas (install_values)
+    assert len(pods) == 4 and {p.spec.node_name for p in pods} == {NODE_NAME}, [
         (p.metadata.name, p.spec.node_name) for p in pods]
     pids = installed.node.task_pids()
     for p in pods:
