@@ -86,7 +86,9 @@ def test_streamed_answer_on_the_replica_removed_by_scale_in_completes(stack: Liv
                               "policies": [{"type": "Pods", "value": 1, "periodSeconds": 15}]}}
     ann = {C.ANN_TRIGGERS: "http", C.ANN_MIN_REPLICAS: "2", C.ANN_MAX_REPLICAS: "2", C.ANN_POLLING: "2",
            C.ANN_DRAIN_TIMEOUT: "60", C.ANN_MAX_REQUEST: "45", C.ANN_BEHAVIOR: yaml.safe_dump(behavior)}
-    manifest_text = manifest(name, ann)
+    # Its own (unused) job list: the model's stand-in otherwise consumes the shared summarize-jobs list, and
+    # this workload stays at 2 replicas after the test.
+    manifest_text = manifest(name, ann, {"queue": f"none-{ns}"})
     apply_and_wait_ready(stack, ns, name, manifest_text)
     api = stack.api()
     core = client.CoreV1Api(api)
@@ -141,6 +143,7 @@ def test_streamed_answer_on_the_replica_removed_by_scale_in_completes(stack: Liv
           f"{stream.done - stream.sent:.2f} s, {len(stream.tokens)} tokens, complete; {len(load.answers)} other "
           f"requests, 0 lost, {len(late)} after SIGTERM all on {name}-0; GPU-seconds added by the drain: "
           f"{drain:.1f}")
+    stack.kubectl("delete", "namespace", ns, "--wait=false", check=False)   # two replicas otherwise stay up
 
 
 def test_redis_job_in_progress_after_cooldown_completes_before_zero(stack: LiveStack):
