@@ -79,6 +79,9 @@ def load_annotation(text: str, where: str, limits: Limits, trigger_list: bool = 
         return load(text, limits.bounds(items=trigger_list)), []
     except InputRefused as exc:
         return None, [Problem(where, exc.what, exc.fix)]
+    except UnicodeEncodeError as exc:      # a lone surrogate (JSON may escape one): no UTF-8 text, no YAML
+        return None, [Problem(where, f"is not valid UTF-8 text (character {exc.start + 1} cannot be encoded)",
+                              "write the value as plain UTF-8 text")]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
