@@ -306,6 +306,7 @@ PER_ANNOTATION = {
     C.ANN_KEEP_ALIVE: st.sampled_from(["learned", "fixed", "Learned", "auto", ""]),
     C.ANN_COLD_START_OBJECTIVE: st.sampled_from(["1%", "0.5%", "0%", "60%", "1", "x%", " 2% "]),
     C.ANN_MANAGED: st.one_of(BOOL, TEXT), C.ANN_RESOLVED: st.one_of(TEXT, st.just("{}")),
+    C.ANN_LEARNED: TEXT,
 }
 ALL_ANNOTATIONS = C.USER_ANNOTATIONS + C.WRITTEN_ANNOTATIONS
 
