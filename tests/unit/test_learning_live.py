@@ -171,3 +171,13 @@ def test_visible_line_names_the_window() -> None:
     d = lv.learner.decision(lv.prev)
     line = L.visible(d, [(T0, T0 + 600)])
     assert "keep-alive" in line and "warm 2027-01-15T08:00Z-08:10Z" in line
+
+
+def test_state_round_trip_keeps_an_epoch_time_base() -> None:
+    """The reconciler's times are epoch seconds: the stored time base must be exact, not 3 digits."""
+    lv = live()
+    end = periodic(lv, 5, 300)
+    p = lv.learner.params
+    back = decode(encode(lv.learner.state, lv.learner.state.t0, p))
+    assert abs(back.t0 - lv.learner.state.t0) < 1.0
+    assert abs(back.effective(end, p) - lv.learner.state.effective(end, p)) < 0.05
