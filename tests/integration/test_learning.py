@@ -116,3 +116,53 @@ async def test_unreadable_state_falls_back_to_the_policy_with_an_event(start_con
     so = await so_of(akube, ns, "broken")
     assert so["spec"]["cooldownPeriod"] == 60           # the policy's settings, nothing pinned
     assert not any(tr["name"].startswith("learned-prewarm") for tr in so["spec"]["triggers"])
+
+
+async def test_prewarm_is_a_dated_cron_window_in_the_scaledobject(start_controller, akube, namespace):
+    """A request every 10 minutes, 40 times: scale in after a minute and load again before the next one is
+    due. The window is a cron trigger with a dated start and end, which the API server stores as written; it
+    goes away while the workload is busy again, and the workload's own triggers are never touched."""
+    ns = namespace(labels=ENABLED)
+    r = await start_controller()
+    await create_pg(akube, ns, playground("timer", annotations=LEARNED, replicas=0))
+    so = await wait_for(lambda: so_of(akube, ns, "timer"), what="ScaledObject")
+    own = [tr["name"] for tr in so["spec"]["triggers"]]
+    now = float(int(time.time()))
+    n, idle = 40, 600
+    t = now - 7200 - n * (POLL + idle)         # history ending two hours ago: its windows all ended
+    await activity(r, akube, ns, "timer", t)
+    for _ in range(n):
+        t += POLL
+        await activity(r, akube, ns, "timer", t)
+        t += idle
+        await activity(r, akube, ns, "timer", t)
+    t += POLL
+    await activity(r, akube, ns, "timer", t)
+    t = now - 40                               # the last request: idle two polls already, placed at once
+    await activity(r, akube, ns, "timer", t)
+
+    async def windowed():
+        so = await so_of(akube, ns, "timer")
+        mine = [tr for tr in so["spec"]["triggers"] if tr["name"].startswith("learned-prewarm")] if so else []
+        return (so, mine[0]) if mine else None
+    so, trig = await wait_for(windowed, what="a learned-prewarm cron trigger")
+    assert so["spec"]["cooldownPeriod"] == 60                # scale in after a minute ...
+    assert [tr["name"] for tr in so["spec"]["triggers"]][:len(own)] == own   # ... wake-up triggers kept
+    live = r.ctl.learning[("Playground", ns, "timer")]
+    (a, b), = live.windows
+    assert t < a < t + idle < b                              # ... warm again before the next request is due
+    md = trig["metadata"]
+    for field_, at in (("start", a), ("end", b)):
+        d = dt.datetime.fromtimestamp(at, dt.timezone.utc)
+        assert md[field_] == f"{d.minute} {d.hour} {d.day} {d.month} *"
+    assert md["desiredReplicas"] == "1" and md["timezone"] == "Etc/UTC"
+    events = await wait_for(lambda: events_for(akube, ns, "timer", "Learned"), what="Learned event")
+    assert any("pre-warm" in e["message"] for e in events)
+
+    await activity(r, akube, ns, "timer", now)               # busy again: no window while a replica is up
+
+    async def unwindowed():
+        so = await so_of(akube, ns, "timer")
+        return so if so and not any(tr["name"].startswith("learned-prewarm") for tr in so["spec"]["triggers"]) \
+            else None
+    await wait_for(unwindowed, what="the window taken out")

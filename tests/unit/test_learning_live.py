@@ -64,9 +64,33 @@ def test_activity_inside_our_own_prewarm_window_is_not_demand() -> None:
     lv.windows = [(T0 + 600, T0 + 900)]
     assert not L.observe(lv, T0 + 660, POLL)                 # KEDA active because of our cron trigger
     assert not L.observe(lv, T0 + 900 + POLL, POLL)
-    assert lv.prev == T0
-    assert L.observe(lv, T0 + 2000, POLL)                    # real demand later: idle measured from T0
-    assert 33 in lv.learner.state.bins
+    assert lv.prev == T0 + 900 + POLL and lv.in_window       # the reference moves, nothing is learned
+    assert not L.observe(lv, T0 + 2000, POLL)                # measured from a window, not a request: skipped
+    assert lv.learner.state.bins == {} and not lv.in_window
+    assert L.observe(lv, T0 + 2000 + POLL + 400, POLL)       # the next idle time counts again
+    assert 7 in lv.learner.state.bins                          # 430 s
+
+
+def test_windows_chained_on_window_activity_are_bounded() -> None:
+    """A workload that stops after a pre-warm decision: KEDA's bumps inside each window anchor the next one
+    at most MAX_CHAIN times, then nothing is placed until demand is seen outside a window."""
+    so = scaled_object()
+    lv = live(so)
+    periodic(lv, 40, 1800)
+    placed = 0
+    for _ in range(10):
+        now = lv.prev + 2 * POLL
+        p = L.plan(so, lv, now, POLL)
+        lv.windows = p.windows
+        if not p.windows:
+            break
+        placed += 1
+        a, b = p.windows[0]
+        L.observe(lv, a + POLL, POLL)                          # our cron trigger keeps KEDA active ...
+        L.observe(lv, b, POLL)                                 # ... to its end; no request seen
+    assert placed == L.MAX_CHAIN + 1
+    L.observe(lv, lv.prev + 5000, POLL)                        # demand outside a window: chaining again
+    assert lv.chain == 0 and L.plan(so, lv, lv.prev + 2 * POLL, POLL).windows
 
 
 def periodic(lv: L.Live, n: int, every: float, start: float = T0) -> float:

@@ -33,6 +33,9 @@ STATE_ANNOTATION = C.ANN_LEARNED_STATE
 # pod timing (webhook/simulate/model.py ``PodTiming``); the cluster does not tell it to us.
 STARTUP_S = 142.0
 TRIGGER_PREFIX = "learned-prewarm"
+# Windows anchored on activity inside a window, in a row, before activity outside one is needed again: a
+# workload that stopped costs at most this many + 1 unused pre-warms (see ``observe``).
+MAX_CHAIN = 3
 DAY = 86400.0
 
 
@@ -44,6 +47,9 @@ class Live:
     prev: float | None = None                                   # the last lastActiveTime seen
     windows: list[tuple[float, float]] = field(default_factory=list)   # pre-warm windows placed (epoch s)
     shown: tuple[Any, ...] | None = None                        # the decision last made visible
+    in_window: bool = False          # ``prev`` was seen inside a pre-warm window (KEDA active for our cron)
+    chain: int = 0                   # windows in a row anchored on activity inside a window
+    anchored: float | None = None    # the anchor of the last window placed
 
 
 def parse_time(value: Any) -> float | None:
@@ -97,20 +103,25 @@ def observe(live: Live, t: float | None, polling_s: float) -> bool:
     """Feed one lastActiveTime to the learner. True when it ended an idle time (the state changed).
 
     The first time seen only sets the reference (after a restart the idle time in progress is lost, never
-    counted twice). Advances inside a pre-warm window we placed (and one poll after) are KEDA seeing our own
-    cron trigger active, not demand: they are skipped, so the next real activity measures its idle time from
-    the last activity before the window."""
+    counted twice). Inside a pre-warm window we placed (and one poll after) KEDA is active because of our cron
+    trigger, so a request there cannot be told from none: such an advance moves the reference (the next window
+    is anchored on it, see ``plan``) but teaches nothing, and neither does the first idle time measured from
+    it (it starts at a window, not at a request)."""
     if t is None:
         return False
     if live.prev is None or t <= live.prev:
         live.prev = t if live.prev is None else live.prev
         return False
     if any(a <= t <= b + polling_s for a, b in live.windows):
+        live.prev, live.in_window = t, True
         return False
-    gap = t - live.prev
-    live.prev = t
+    gap, after_window = t - live.prev, live.in_window
+    live.prev, live.in_window = t, False
     if gap <= 2 * polling_s:
         return False                       # KEDA's poll-by-poll advance while busy
+    live.chain = 0                         # demand seen outside a window: windows may be chained again
+    if after_window:
+        return False
     live.learner.idle_ended(t, gap)
     live.learner.requests(t, 1)
     return True
@@ -145,7 +156,9 @@ def plan(so: dict[str, Any], live: Live, now: float, polling_s: float, params: P
 
     A relative pre-warm is placed once the workload has been idle two polling intervals (while it is busy the
     replica is up anyway, and the window would move with every poll); the next daily window is placed up to a
-    day ahead. Windows that ended are left out."""
+    day ahead. Windows that ended are left out. A window anchored on activity inside an earlier window (a hit
+    or nothing, KEDA cannot tell) is placed at most ``MAX_CHAIN`` times in a row. Updates ``live``'s window
+    bookkeeping (``anchored``, ``chain``)."""
     t = live.prev if live.prev is not None else now
     d = live.learner.decision(t)
     out = copy.deepcopy(so)
@@ -154,7 +167,8 @@ def plan(so: dict[str, Any], live: Live, now: float, polling_s: float, params: P
         spec["cooldownPeriod"] = int(math.ceil(d.keep_alive_s))
     windows: list[tuple[float, float]] = []
     recheck: list[float] = []
-    if d.prewarm is not None and live.prev is not None:
+    chained_out = live.in_window and live.chain >= MAX_CHAIN and live.anchored != live.prev
+    if d.prewarm is not None and live.prev is not None and not chained_out:
         a = math.floor((live.prev + d.prewarm[0]) / 60.0) * 60.0
         b = math.ceil((live.prev + d.prewarm[1]) / 60.0) * 60.0
         settle = live.prev + 2 * polling_s
@@ -162,6 +176,9 @@ def plan(so: dict[str, Any], live: Live, now: float, polling_s: float, params: P
             recheck.append(settle - now)
         elif b > now and b > a:
             windows.append((a, b))
+            if live.anchored != live.prev:
+                live.anchored = live.prev
+                live.chain += 1 if live.in_window else 0
     for start, end in d.daily:
         day0 = math.floor(now / DAY) * DAY
         for k in (0, 1):
