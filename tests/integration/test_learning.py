@@ -166,3 +166,18 @@ async def test_prewarm_is_a_dated_cron_window_in_the_scaledobject(start_controll
         return so if so and not any(tr["name"].startswith("learned-prewarm") for tr in so["spec"]["triggers"]) \
             else None
     await wait_for(unwindowed, what="the window taken out")
+
+
+async def test_back_to_fixed_removes_what_was_learned(start_controller, akube, namespace):
+    ns = namespace(labels=ENABLED)
+    r = await start_controller()
+    await create_pg(akube, ns, playground("switch", annotations=LEARNED, replicas=0))
+    await wait_for(lambda: _learned_annotation(akube, ns, "switch"), what="learned annotation")
+    await akube.patch(PLAYGROUNDS, "switch", {"metadata": {"annotations": {C.ANN_KEEP_ALIVE: "fixed"}}}, ns)
+
+    async def cleared():
+        return await _learned_annotation(akube, ns, "switch") is None
+    await wait_for(cleared, what="the learned annotation removed")
+    await r.settle()
+    assert ("Playground", ns, "switch") not in r.ctl.learning
+

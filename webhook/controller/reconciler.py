@@ -533,6 +533,8 @@ class Controller:
                                          "its policy settings", "Warning")
         else:
             self._forget_learning(key)
+            if C.ANN_LEARNED in ((obj.get("metadata") or {}).get("annotations") or {}):
+                obj = await self._show_learned(key, obj, None)     # no longer learned: nothing to show
         result = await self._manage(key, obj, desired, live_so, live_ir)
         await self._report_keda_status(key, obj)
         return "degraded-" + result if desired.missing else result
@@ -592,12 +594,22 @@ class Controller:
                                      f"keep-alive: learned: {learning.visible(d, p.windows)}")
         line = d.summary()
         if current != line:       # written when the decision changes, not when an estimate drifts
+            obj = await self._show_learned(key, obj, line)
+        return obj
+
+    async def _show_learned(self, key: Key, obj: dict[str, Any], line: str | None) -> dict[str, Any]:
+        """Write (or with None remove) the workload's ``serverless.llmaz.io/learned``. Best effort: a refused
+        write (the workload's admission webhook unreachable, ...) never holds up its KEDA objects."""
+        kind, ns, name = key
+        try:
             updated = await self.kube.patch(WORKLOAD_RESOURCES[kind], name,
                                             {"metadata": {"annotations": {C.ANN_LEARNED: line}}}, ns)
-            self.write_count += 1
-            self.workload_informer(kind).put_local(updated)
-            obj = self.workload_informer(kind).get(ns, name) or obj
-        return obj
+        except ApiError as exc:
+            log.warning("reconcile %s: could not write %s: %s", "/".join(key), C.ANN_LEARNED, exc)
+            return obj
+        self.write_count += 1
+        self.workload_informer(kind).put_local(updated)
+        return self.workload_informer(kind).get(ns, name) or obj
 
     # ------------------------------------------------------------------------------ never stranded at zero
 
