@@ -142,7 +142,7 @@ def encode(s: State, t: float, p: Params) -> str:
     bins = {str(i): [_num(v[0] * k), _num(v[1] * k), _num(v[2] * k)]
             for i, v in sorted(s.bins.items()) if v[0] * k >= 1e-3}
     slots = {str(i): _num(v * k) for i, v in sorted(s.slots.items()) if v * k >= 1e-3}
-    doc = {"v": VERSION, "t": _num(round(t)), "first": None if s.first is None else round(s.first),
+    doc = {"v": VERSION, "t": round(t), "first": None if s.first is None else round(s.first),
            "r": _num(s.requests * k), "b": bins, "s": slots}
     out = json.dumps(doc, separators=(",", ":"))
     while len(out) > MAX_ENCODED and bins:
