@@ -178,3 +178,80 @@ def test_objective_parses(text: str, share: float) -> None:
 def test_objective_errors_say_how_to_write_it(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_objective(text)
+
+
+def test_the_price_cap_follows_the_objective() -> None:
+    # The same sparse, unpredictable traffic: a tighter objective raises what sparing a request may cost (in
+    # proportion), a looser one keeps the 1 % cap; the reason names the cap that applied.
+    rng = random.Random(5)
+    gaps = [rng.expovariate(1 / 5400.0) + 120 for _ in range(150)]
+    picks = {}
+    for objective in (0.05, 0.01, 0.0025):
+        lr = Learner(objective, STARTUP, POLL)
+        t = feed(lr, gaps)
+        picks[objective] = lr.decision(t)
+    assert "more than 150 GPU-seconds" in picks[0.05].reason and "more than 150 GPU-seconds" in picks[0.01].reason
+    assert "more than 600 GPU-seconds" in picks[0.0025].reason
+    assert picks[0.0025].keep_alive_s >= picks[0.01].keep_alive_s and picks[0.0025].share <= picks[0.01].share
+
+
+def feed_deciding(learner: Learner, gaps: list[float], busy_s: float = 5.0) -> float:
+    """As ``feed``, one request per activity, asking for a decision whenever an activity ends (as a caller
+    does: that is when the keep-alive is set)."""
+    t = 0.0
+    learner.requests(t, 1)
+    for g in gaps:
+        learner.decision(t + busy_s)
+        t += busy_s + g
+        learner.idle_ended(t, g)
+        learner.requests(t, 1)
+    return t + busy_s
+
+
+def test_the_learner_counts_the_cold_starts_its_own_decisions_caused() -> None:
+    lr = Learner(0.01, STARTUP, POLL, fallback_s=600.0)
+    t = feed_deciding(lr, [300.0, 900.0, 300.0, 900.0])   # the policy's 600 s: the 900 s idle times wait
+    lr.decision(t)
+    s = lr.state
+    assert s.judged > 0 and 0 < s.waited < s.judged
+    t2 = t + 900.0
+    lr.idle_ended(t2, 900.0)
+    before = s.waited
+    lr.requests(t2, 4)
+    assert s.waited == pytest.approx(before + 4 * s.weight(t2, lr.params))
+
+
+def test_over_budget_aims_lower_and_under_budget_a_little_higher() -> None:
+    p = Params(budget_span=2.0, price_s=3600.0)
+    rng = random.Random(7)
+    # A heavy tail (Pareto): each further minute of keep-alive spares fewer requests, so the target matters.
+    gaps = [rng.uniform(100, 400) if i % 4 else min(400 * rng.paretovariate(1.5), 20000) for i in range(400)]
+    picks = {}
+    for name, waited in (("over", 0.05), ("none", None), ("under", 0.0)):
+        lr = Learner(0.01, STARTUP, POLL, p)
+        t = feed(lr, gaps, per_activity=5)
+        s = lr.state
+        if waited is None:
+            s.waited = s.judged = 0.0
+        else:
+            s.judged, s.waited = s.requests, s.requests * waited
+        picks[name] = decide(s, p, t, 0.01, STARTUP, POLL)
+    assert "aiming at 0.50%" in picks["over"].reason and "aiming at 2.00%" in picks["under"].reason
+    assert "aiming" not in picks["none"].reason
+    assert picks["over"].keep_alive_s >= picks["none"].keep_alive_s > picks["under"].keep_alive_s
+    assert picks["over"].share <= 0.005 < picks["under"].share <= 0.02
+
+
+def test_the_budget_survives_encoding_and_old_state_still_decodes() -> None:
+    p = Params()
+    lr = Learner(0.01, STARTUP, POLL, fallback_s=600.0)
+    t = feed_deciding(lr, [300.0, 900.0] * 5)
+    back = decode(encode(lr.state, t, p))
+    assert back.judged == pytest.approx(lr.state.judged / lr.state.weight(t, p), rel=0.01)
+    assert back.waited == pytest.approx(lr.state.waited / lr.state.weight(t, p), rel=0.01)
+    old = json.loads(encode(lr.state, t, p))
+    del old["w"]                                     # written before the budget was kept
+    s = decode(json.dumps(old))
+    assert s.judged == 0.0 and s.waited == 0.0
+    with pytest.raises(StateError, match="more requests waited"):
+        decode(json.dumps({**old, "w": [5, 1]}))
