@@ -12,9 +12,10 @@ from webhook.learn.state import BINS, MAX_ENCODED, SLOTS, observe_idle, observe_
 
 STARTUP = 52.0     # 2 s scheduling + 20 s pull + 30 s load
 POLL = 15.0
-# One request per activity is the hardest case for a price per request spared: tests of the mechanism raise
-# the cap so that the objective decides (the default cap is tested on its own below).
-EAGER = Params(price_s=900.0)
+# One request per activity is the hardest case for a price per request spared. Tests of the mechanism fix the
+# price bounds: CHEAP below the defaults (the cap bites), EAGER above CHEAP's cap so that the objective decides.
+CHEAP = Params(min_price_s=40.0, price_s=150.0)
+EAGER = Params(min_price_s=40.0, price_s=900.0)
 
 
 def feed(learner: Learner, gaps: list[float], per_activity: int = 1, busy_s: float = 5.0, t: float = 0.0,
@@ -34,7 +35,7 @@ def test_the_price_cap_gives_up_a_costly_objective_and_says_so() -> None:
     # with a higher cap the window covers them.
     rng = random.Random(3)
     gaps = [1800.0 + rng.uniform(-20, 20) for _ in range(60)]
-    capped, eager = Learner(0.01, STARTUP, POLL), Learner(0.01, STARTUP, POLL, EAGER)
+    capped, eager = Learner(0.01, STARTUP, POLL, CHEAP), Learner(0.01, STARTUP, POLL, EAGER)
     feed(capped, gaps)
     t = feed(eager, gaps)
     c, e = capped.decision(t), eager.decision(t)
@@ -187,7 +188,7 @@ def test_the_price_cap_follows_the_objective() -> None:
     gaps = [rng.expovariate(1 / 5400.0) + 120 for _ in range(150)]
     picks = {}
     for objective in (0.05, 0.01, 0.0025):
-        lr = Learner(objective, STARTUP, POLL)
+        lr = Learner(objective, STARTUP, POLL, CHEAP)
         t = feed(lr, gaps)
         picks[objective] = lr.decision(t)
     assert "more than 150 GPU-seconds" in picks[0.05].reason and "more than 150 GPU-seconds" in picks[0.01].reason
@@ -209,7 +210,7 @@ def feed_deciding(learner: Learner, gaps: list[float], busy_s: float = 5.0) -> f
 
 
 def test_the_learner_counts_the_cold_starts_its_own_decisions_caused() -> None:
-    lr = Learner(0.01, STARTUP, POLL, fallback_s=600.0)
+    lr = Learner(0.01, STARTUP, POLL, CHEAP, fallback_s=600.0)
     t = feed_deciding(lr, [300.0, 900.0, 300.0, 900.0])   # the policy's 600 s: the 900 s idle times wait
     lr.decision(t)
     s = lr.state

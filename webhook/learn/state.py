@@ -39,17 +39,17 @@ class Params:
 
     half_life_s: float = 3 * 86400.0    # old history fades with this half-life
     min_idle_times: float = 3.0         # fewer (after fading): not enough history, the policy's settings apply
-    trust_idle_times: float = 30.0      # fewer: the policy's keep-alive may be lengthened, not shortened
+    trust_idle_times: float = 10.0      # fewer: the policy's keep-alive may be lengthened, not shortened
     min_keep_alive_s: float = 60.0      # the shortest keep-alive the learner sets (one bin)
     max_keep_alive_s: float = BINS * BIN_S
     prior_unseen: float = 1.0          # pseudo-count of an idle time longer than any seen (see ``decide``)
-    min_price_s: float = 40.0           # GPU-seconds always worth spending to spare one request a cold start
-    price_s: float = 150.0              # ... and the most ever spent on that to meet the objective
+    min_price_s: float = 300.0          # GPU-seconds always worth spending to spare one request a cold start
+    price_s: float = 1800.0             # ... and the most ever spent on that to meet the objective
     min_prewarm_hit: float = 0.5       # a pre-warm window must catch at least this share of the idle times reaching it
     long_idle_s: float = BINS * BIN_S   # idle times past the histogram count as wake-ups for the daily profile
     daily_min_share: float = 0.6        # a half hour with a wake-up on at least this share of days is pre-warmed
     daily_min_days: float = 2.0
-    budget_span: float = 1.0            # the realized cold-start share moves the target by at most this factor
+    budget_span: float = 2.0            # the realized cold-start share moves the target by at most this factor
 
 
 @dataclass
