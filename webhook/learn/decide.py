@@ -9,8 +9,13 @@ cheapest candidate whose estimated cold-start share meets the objective wins. Tw
 
 * the choice minimises GPU time + price x requests that wait. The price starts at ``Params.min_price_s``
   GPU-seconds per request (sparing requests that cheaply is always worth it, even below the objective) and
-  doubles until the objective is met, up to ``Params.price_s``; past that (sparse, unpredictable traffic) the
-  objective is given up for the cheapest candidate at that price -- a short keep-alive and no pre-warm;
+  doubles until the objective is met, up to a cap that follows the objective (``price_cap``: ``Params.price_s``
+  at 1 %, in proportion for a tighter one). The objective is the user's contract; the cap exists only so that
+  a workload no keep-alive or pre-warm can serve within it (sparse, unpredictable traffic) does not pin a GPU:
+  past it the objective is given up, and said so, for the cheapest candidate at that price;
+* the objective is a budget over the workload's history: the learner counts the requests its own decisions
+  made wait (``State.waited``), and a workload over budget aims lower, one under budget a little higher, by at
+  most ``Params.budget_span`` either way (``_target``);
 * with too little history (``Params.min_idle_times``) it decides nothing: the policy's own settings apply.
 
 Idle times beyond the histogram's 4 hours cannot be covered by a keep-alive or a relative pre-warm; when
