@@ -222,6 +222,12 @@ def test_the_learner_counts_the_cold_starts_its_own_decisions_caused() -> None:
     assert s.waited == pytest.approx(before + 4 * s.weight(t2, lr.params))
 
 
+def test_without_the_policy_keep_alive_the_first_cold_starts_are_not_guessed() -> None:
+    lr = Learner(0.01, STARTUP, POLL, CHEAP)              # no fallback_s: the policy's cooldown is not known
+    feed_deciding(lr, [900.0, 900.0])                    # decided under the policy's settings only
+    assert lr.state.judged == 0.0 and lr.state.waited == 0.0
+
+
 def test_over_budget_aims_lower_and_under_budget_a_little_higher() -> None:
     p = Params(budget_span=2.0, price_s=3600.0)
     rng = random.Random(7)

@@ -50,9 +50,12 @@ class Learner:
 
 
 def _cold(d: Decision, t: float, idle_s: float, day_offset_s: float, startup_s: float, polling_s: float,
-          fallback_s: float) -> bool:
+          fallback_s: float) -> bool | None:
     """Whether an idle time of ``idle_s`` ending at ``t`` met a cold start under decision ``d`` (as far as the
-    learner can tell: a replica is ready after one pod start, a scale-in is acted on at the next poll)."""
+    learner can tell: a replica is ready after one pod start, a scale-in is acted on at the next poll). None
+    when it cannot tell: the policy's settings applied and the learner was not told their keep-alive."""
+    if d.keep_alive_s is None and fallback_s <= 0:
+        return None
     keep = fallback_s if d.keep_alive_s is None else d.keep_alive_s
     if idle_s <= keep + polling_s:
         return False
