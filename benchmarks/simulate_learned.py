@@ -13,6 +13,7 @@ ones) and writes it as JSON.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -33,6 +34,13 @@ from webhook.simulate.replay import STARTS, Replay, merge, run_configs  # noqa: 
 from webhook.simulate.traces import load  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPLIT_SALT = "llmaz-serverless learn split 1"
+
+
+def half(name: str) -> str:
+    """The fixed tuning / held-out split of a fleet trace by workload: SHA-256 of ``SPLIT_SALT:name``, first
+    byte even -> "tune", odd -> "held-out". Fixed so that what was tuned on is never reported as held out."""
+    return "tune" if hashlib.sha256(f"{SPLIT_SALT}:{name}".encode()).digest()[0] % 2 == 0 else "held-out"
 
 
 def main() -> int:
@@ -44,6 +52,8 @@ def main() -> int:
     ap.add_argument("--objective", type=float, default=1.0, help="cold-start share objective, in %%")
     ap.add_argument("--param", action="append", default=[], help="learner hyperparameter override, name=value")
     ap.add_argument("--skip-uniform", action="store_true", help="only the baselines and the learner")
+    ap.add_argument("--only", choices=["tune", "held-out"], help="replay only this half of the workloads")
+    ap.add_argument("--split", action="store_true", help="also report each half of the workloads on its own")
     ap.add_argument("--out")
     args = ap.parse_args()
     params = Params(**{k: float(v) for k, v in (p.split("=", 1) for p in args.param)})
@@ -58,6 +68,8 @@ def main() -> int:
     replay = Replay(start=args.start)
     t0, w0 = time.process_time(), time.time()
     traces = load(args.trace, args.format, 1)
+    if args.only:
+        traces = [t for t in traces if half(t.name) == args.only]
     read_s = time.process_time() - t0
     base = resolve(obj, {}, policy, models)
     uniform = {} if args.skip_uniform else {
@@ -81,38 +93,58 @@ def main() -> int:
         end = max([tr.horizon] + [per[n][i].duration_s for n in names])
         for n in names:
             per[n][i] = per[n][i].extend_to(end)
-    runs = {n: merge(per[n]) for n in names}
-    fixed = runs["llmaz, 1 fixed replica"].gpu_hours
-    ok = [n for n in uniform if runs[n].waited_share <= args.objective / 100]
-    best = (min(ok, key=lambda n: runs[n].gpu_hours) if ok
-            else min(uniform, key=lambda n: runs[n].waited_share) if uniform else None)
-    rows = []
+    subsets = {"all": list(range(len(traces)))}
+    if args.split:
+        for h in ("tune", "held-out"):
+            subsets[h] = [i for i, tr in enumerate(traces) if half(tr.name) == h]
     print(f"{args.trace}: {len(traces)} workloads, {sum(t.requests for t in traces):,} requests, model load "
           f"{args.model_load:g}s, start {args.start}; read {read_s:.1f}s CPU")
-    print(f"{'config':36} {'GPU-h':>9} {'saved':>7} {'waited':>7} {'median wl':>9} {'p90 wl':>7} "
-          f"{'pre-warms':>9} {'unused':>7} {'CPU s':>6}")
-    for name, res in runs.items():
-        tag = " (best uniform)" if name == best else ""
-        row = {"config": name + tag, "gpu_hours": round(res.gpu_hours, 1),
-               "saved_vs_fixed": round(1 - res.gpu_hours / fixed, 4) if fixed else None,
-               "waited_share": round(res.waited_share, 5),
-               "median_workload_share": round(res.workload_share_quantile(0.5), 4),
-               "p90_workload_share": round(res.workload_share_quantile(0.9), 4), "prewarms": res.prewarms,
-               "unused_prewarms": res.unused_prewarms, "cold_starts": res.activations, "cpu_s": round(cpu[name], 1)}
-        rows.append(row)
-        print(f"{row['config'][:36]:36} {res.gpu_hours:9.1f} {row['saved_vs_fixed'] * 100:6.1f}% "
-              f"{res.waited_share * 100:6.2f}% {res.workload_share_quantile(0.5) * 100:8.1f}% "
-              f"{res.workload_share_quantile(0.9) * 100:6.1f}% {res.prewarms:9d} {res.unused_prewarms:7d} "
-              f"{cpu[name]:6.1f}")
+    report = {sub: table(names, per, ix, uniform, cpu, args.objective / 100, sub, traces)
+              for sub, ix in subsets.items()}
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     print(f"learned: reading {read_s:.1f}s + replay {cpu['learned']:.1f}s CPU; max RSS {rss} MiB "
           f"(whole run, {time.time() - w0:.0f}s wall)")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump({"trace": args.trace, "model_load_s": args.model_load, "start": args.start,
-                       "objective": args.objective / 100, "params": params.__dict__, "best_uniform": best,
-                       "read_cpu_s": round(read_s, 1), "max_rss_mib": rss, "rows": rows}, fh, indent=2)
+                       "objective": args.objective / 100, "params": params.__dict__,
+                       "best_uniform": report["all"][0], "only": args.only,
+                       "split": f"sha256('{SPLIT_SALT}:<workload>')[0] even: tune, odd: held-out",
+                       "read_cpu_s": round(read_s, 1), "max_rss_mib": rss, "rows": report["all"][1],
+                       "subsets": {k: {"workloads": len(subsets[k]), "best_uniform": v[0], "rows": v[1]}
+                                   for k, v in report.items() if k != "all"}}, fh, indent=2)
     return 0
+
+
+def table(names: list[str], per: dict, ix: list[int], uniform: dict, cpu: dict, objective: float, sub: str,
+          traces: list) -> tuple[str | None, list[dict]]:
+    """The rows of one set of workloads (``ix``) and its best uniform cooldown, chosen on that set."""
+    runs = {n: merge([per[n][i] for i in ix]) for n in names}
+    fixed = runs["llmaz, 1 fixed replica"].gpu_hours
+    elastic = runs["llmaz elasticConfig"].gpu_hours
+    ok = [n for n in uniform if runs[n].waited_share <= objective]
+    best = (min(ok, key=lambda n: runs[n].gpu_hours) if ok
+            else min(uniform, key=lambda n: runs[n].waited_share) if uniform else None)
+    rows = []
+    print(f"-- {sub}: {len(ix)} workloads, {sum(traces[i].requests for i in ix):,} requests")
+    print(f"{'config':36} {'GPU-h':>9} {'saved':>7} {'vs el.':>7} {'waited':>7} {'median wl':>9} {'p90 wl':>7} "
+          f"{'pre-warms':>9} {'unused':>7} {'CPU s':>6}")
+    for name, res in runs.items():
+        tag = " (best uniform)" if name == best else ""
+        row = {"config": name + tag, "gpu_hours": round(res.gpu_hours, 1),
+               "saved_vs_fixed": round(1 - res.gpu_hours / fixed, 4) if fixed else None,
+               "saved_vs_elastic": round(1 - res.gpu_hours / elastic, 4) if elastic else None,
+               "waited_share": round(res.waited_share, 5),
+               "median_workload_share": round(res.workload_share_quantile(0.5), 4),
+               "p90_workload_share": round(res.workload_share_quantile(0.9), 4), "prewarms": res.prewarms,
+               "unused_prewarms": res.unused_prewarms, "cold_starts": res.activations,
+               "cpu_s": round(cpu[name], 1) if sub == "all" else None}
+        rows.append(row)
+        print(f"{row['config'][:36]:36} {res.gpu_hours:9.1f} {row['saved_vs_fixed'] * 100:6.1f}% "
+              f"{row['saved_vs_elastic'] * 100:6.1f}% {res.waited_share * 100:6.2f}% "
+              f"{res.workload_share_quantile(0.5) * 100:8.1f}% {res.workload_share_quantile(0.9) * 100:6.1f}% "
+              f"{res.prewarms:9d} {res.unused_prewarms:7d} {cpu[name]:6.1f}")
+    return best, rows
 
 
 if __name__ == "__main__":

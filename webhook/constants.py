@@ -34,7 +34,10 @@ USER_ANNOTATIONS = (
 # Annotations written by the webhook (status-like; users should not edit them).
 ANN_MANAGED = PREFIX + "managed"
 ANN_RESOLVED = PREFIX + "resolved"
-WRITTEN_ANNOTATIONS = (ANN_MANAGED, ANN_RESOLVED)
+ANN_LEARNED = PREFIX + "learned"                  # keep-alive: learned: what the reconciler decided, as a line
+WRITTEN_ANNOTATIONS = (ANN_MANAGED, ANN_RESOLVED, ANN_LEARNED)
+# On our ScaledObject (written by the reconciler): the learner's state, compact JSON (webhook.learn.state).
+ANN_LEARNED_STATE = PREFIX + "learned-state"
 
 # Labels on the KEDA objects we own.
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"

@@ -499,9 +499,6 @@ def analyze(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Analys
     if settings.keep_alive == "learned" and lo > 0:
         an.warnings.append(f"keep-alive: learned has no effect with min-replicas {lo}: the workload never goes "
                            "to zero")
-    elif settings.keep_alive == "learned":
-        an.warnings.append("keep-alive: learned is replayed by `llmaz-serverless simulate`; the live reconciler "
-                           "does not learn yet, so the cooldown-period applies in the cluster")
     elif C.ANN_COLD_START_OBJECTIVE in ann and settings.keep_alive != "learned":
         an.warnings.append(f"{C.ANN_COLD_START_OBJECTIVE} only steers keep-alive: learned; with a fixed "
                            "keep-alive the cooldown-period applies")

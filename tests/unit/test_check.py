@@ -282,3 +282,25 @@ def test_unforeseen_object_is_a_finding_not_a_crash() -> None:
     f.workloads[0]["metadata"]["annotations"] = {C.ANN_TRIGGERS: "[" * 5000}
     line = failures(judge(f))["Playground ai/chat"]
     assert "nested more than" in line.detail
+
+
+def test_learned_keep_alive_has_a_line() -> None:
+    from webhook.learn import Params, State, encode
+    f = healthy()
+    f.workloads[0]["metadata"].setdefault("annotations", {})[C.ANN_KEEP_ALIVE] = "learned"
+
+    def learning() -> list[Any]:
+        return [r for r in judge(f) if r.group == "learning"]
+    (fresh,) = learning()
+    assert fresh.status == OK and "no idle time seen yet" in fresh.detail
+    s = State(t0=1000.0, first=900.0, requests=4.0, bins={2: [4.0, 4.0, 600.0]})
+    f.scaled_objects["ai/chat"]["metadata"]["annotations"] = {C.ANN_LEARNED_STATE: encode(s, 1000.0, Params())}
+    f.scaled_objects["ai/chat"]["spec"] = {"cooldownPeriod": 180}
+    f.workloads[0]["metadata"]["annotations"][C.ANN_LEARNED] = "keep-alive 180s (estimated ...)"
+    (line,) = learning()
+    assert line.status == OK and "keep-alive 180s" in line.detail and "cooldownPeriod 180" in line.detail
+    f.scaled_objects["ai/chat"]["metadata"]["annotations"] = {C.ANN_LEARNED_STATE: "{broken"}
+    (bad,) = learning()
+    assert bad.status == WARN and "unreadable" in bad.detail
+    f.workloads[0]["metadata"]["annotations"][C.ANN_KEEP_ALIVE] = "fixed"
+    assert learning() == []

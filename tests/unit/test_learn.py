@@ -12,9 +12,10 @@ from webhook.learn.state import BINS, MAX_ENCODED, SLOTS, observe_idle, observe_
 
 STARTUP = 52.0     # 2 s scheduling + 20 s pull + 30 s load
 POLL = 15.0
-# One request per activity is the hardest case for a price per request spared: tests of the mechanism raise
-# the cap so that the objective decides (the default cap is tested on its own below).
-EAGER = Params(price_s=900.0)
+# One request per activity is the hardest case for a price per request spared. Tests of the mechanism fix the
+# price bounds: CHEAP below the defaults (the cap bites), EAGER above CHEAP's cap so that the objective decides.
+CHEAP = Params(min_price_s=40.0, price_s=150.0)
+EAGER = Params(min_price_s=40.0, price_s=900.0)
 
 
 def feed(learner: Learner, gaps: list[float], per_activity: int = 1, busy_s: float = 5.0, t: float = 0.0,
@@ -34,7 +35,7 @@ def test_the_price_cap_gives_up_a_costly_objective_and_says_so() -> None:
     # with a higher cap the window covers them.
     rng = random.Random(3)
     gaps = [1800.0 + rng.uniform(-20, 20) for _ in range(60)]
-    capped, eager = Learner(0.01, STARTUP, POLL), Learner(0.01, STARTUP, POLL, EAGER)
+    capped, eager = Learner(0.01, STARTUP, POLL, CHEAP), Learner(0.01, STARTUP, POLL, EAGER)
     feed(capped, gaps)
     t = feed(eager, gaps)
     c, e = capped.decision(t), eager.decision(t)
@@ -178,3 +179,86 @@ def test_objective_parses(text: str, share: float) -> None:
 def test_objective_errors_say_how_to_write_it(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_objective(text)
+
+
+def test_the_price_cap_follows_the_objective() -> None:
+    # The same sparse, unpredictable traffic: a tighter objective raises what sparing a request may cost (in
+    # proportion), a looser one keeps the 1 % cap; the reason names the cap that applied.
+    rng = random.Random(5)
+    gaps = [rng.expovariate(1 / 5400.0) + 120 for _ in range(150)]
+    picks = {}
+    for objective in (0.05, 0.01, 0.0025):
+        lr = Learner(objective, STARTUP, POLL, CHEAP)
+        t = feed(lr, gaps)
+        picks[objective] = lr.decision(t)
+    assert "more than 150 GPU-seconds" in picks[0.05].reason and "more than 150 GPU-seconds" in picks[0.01].reason
+    assert "more than 600 GPU-seconds" in picks[0.0025].reason
+    assert picks[0.0025].keep_alive_s >= picks[0.01].keep_alive_s and picks[0.0025].share <= picks[0.01].share
+
+
+def feed_deciding(learner: Learner, gaps: list[float], busy_s: float = 5.0) -> float:
+    """As ``feed``, one request per activity, asking for a decision whenever an activity ends (as a caller
+    does: that is when the keep-alive is set)."""
+    t = 0.0
+    learner.requests(t, 1)
+    for g in gaps:
+        learner.decision(t + busy_s)
+        t += busy_s + g
+        learner.idle_ended(t, g)
+        learner.requests(t, 1)
+    return t + busy_s
+
+
+def test_the_learner_counts_the_cold_starts_its_own_decisions_caused() -> None:
+    lr = Learner(0.01, STARTUP, POLL, CHEAP, fallback_s=600.0)
+    t = feed_deciding(lr, [300.0, 900.0, 300.0, 900.0])   # the policy's 600 s: the 900 s idle times wait
+    lr.decision(t)
+    s = lr.state
+    assert s.judged > 0 and 0 < s.waited < s.judged
+    t2 = t + 900.0
+    lr.idle_ended(t2, 900.0)
+    before = s.waited
+    lr.requests(t2, 4)
+    assert s.waited == pytest.approx(before + 4 * s.weight(t2, lr.params))
+
+
+def test_without_the_policy_keep_alive_the_first_cold_starts_are_not_guessed() -> None:
+    lr = Learner(0.01, STARTUP, POLL, CHEAP)              # no fallback_s: the policy's cooldown is not known
+    feed_deciding(lr, [900.0, 900.0])                    # decided under the policy's settings only
+    assert lr.state.judged == 0.0 and lr.state.waited == 0.0
+
+
+def test_over_budget_aims_lower_and_under_budget_a_little_higher() -> None:
+    p = Params(budget_span=2.0, price_s=3600.0)
+    rng = random.Random(7)
+    # A heavy tail (Pareto): each further minute of keep-alive spares fewer requests, so the target matters.
+    gaps = [rng.uniform(100, 400) if i % 4 else min(400 * rng.paretovariate(1.5), 20000) for i in range(400)]
+    picks = {}
+    for name, waited in (("over", 0.05), ("none", None), ("under", 0.0)):
+        lr = Learner(0.01, STARTUP, POLL, p)
+        t = feed(lr, gaps, per_activity=5)
+        s = lr.state
+        if waited is None:
+            s.waited = s.judged = 0.0
+        else:
+            s.judged, s.waited = s.requests, s.requests * waited
+        picks[name] = decide(s, p, t, 0.01, STARTUP, POLL)
+    assert "aiming at 0.50%" in picks["over"].reason and "aiming at 2.00%" in picks["under"].reason
+    assert "aiming" not in picks["none"].reason
+    assert picks["over"].keep_alive_s >= picks["none"].keep_alive_s > picks["under"].keep_alive_s
+    assert picks["over"].share <= 0.005 < picks["under"].share <= 0.02
+
+
+def test_the_budget_survives_encoding_and_old_state_still_decodes() -> None:
+    p = Params()
+    lr = Learner(0.01, STARTUP, POLL, fallback_s=600.0)
+    t = feed_deciding(lr, [300.0, 900.0] * 5)
+    back = decode(encode(lr.state, t, p))
+    assert back.judged == pytest.approx(lr.state.judged / lr.state.weight(t, p), rel=0.01)
+    assert back.waited == pytest.approx(lr.state.waited / lr.state.weight(t, p), rel=0.01)
+    old = json.loads(encode(lr.state, t, p))
+    del old["w"]                                     # written before the budget was kept
+    s = decode(json.dumps(old))
+    assert s.judged == 0.0 and s.waited == 0.0
+    with pytest.raises(StateError, match="more requests waited"):
+        decode(json.dumps({**old, "w": [5, 1]}))

@@ -14,6 +14,7 @@ from typing import Any
 from .. import constants as C
 from ..errors import Denied
 from ..keda import desired_objects
+from ..learn import StateError, decode
 from ..kube import conditions, parse_time
 from ..models import ModelCatalog
 from ..policy import Policy
@@ -422,6 +423,37 @@ def judge_advice(f: Facts, analysed: list[tuple[dict[str, Any], Any, Any, str | 
     return out
 
 
+def judge_learned(f: Facts, analysed: list[tuple[dict[str, Any], Any, Any, str | None]]) -> list[Result]:
+    """One line per workload with ``keep-alive: learned``: what the reconciler learned (the workload's
+    ``serverless.llmaz.io/learned``), the cooldown in force, and whether the stored state can be read."""
+    out = []
+    for w, an, _, denial in analysed:
+        s = an.settings
+        if not an.managed or denial or s is None or s.keep_alive != "learned" or s.min_replicas > 0:
+            continue
+        meta = w.get("metadata") or {}
+        key = f"{meta.get('namespace')}/{meta.get('name')}"
+        label = f"{w.get('kind')} {key}"
+        so = f.scaled_objects.get(key)
+        if so is None:
+            continue                                   # judge_workloads says so
+        text = ((so.get("metadata") or {}).get("annotations") or {}).get(C.ANN_LEARNED_STATE)
+        shown = (meta.get("annotations") or {}).get(C.ANN_LEARNED) or "nothing decided yet"
+        cooldown = (so.get("spec") or {}).get("cooldownPeriod")
+        if text:
+            try:
+                decode(str(text))
+            except StateError as exc:
+                out.append(Result("learning", label, WARN, f"stored learned state unreadable ({exc}); the policy "
+                                  f"settings apply (cooldownPeriod {cooldown}) while it learns afresh",
+                                  "nothing to do: the reconciler replaces it; see the workload's Events"))
+                continue
+        else:
+            shown = "no idle time seen yet; policy settings apply"
+        out.append(Result("learning", label, OK, f"keep-alive: learned: {shown}; cooldownPeriod {cooldown}"))
+    return out
+
+
 def judge_all(f: Facts, policy: Policy, policy_error: str | None) -> list[Result]:
     """Every check, in the order they are printed. After an unreachable API server nothing else is judged."""
     results = judge_api(f)
@@ -436,5 +468,6 @@ def judge_all(f: Facts, policy: Policy, policy_error: str | None) -> list[Result
     results += judge_webhooks(f)
     results += judge_namespaces(f)
     results += judge_workloads(f, analysed)
+    results += judge_learned(f, analysed)
     results += judge_advice(f, analysed, policy)
     return results

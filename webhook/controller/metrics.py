@@ -50,6 +50,16 @@ class ReconcilerMetrics:
         self.quarantines = find("quarantines", lambda: Counter(
             "llmaz_serverless_quarantines", "Workloads put in quarantine, by reason (denied, error).", ["reason"],
             registry=r))
+        self.learned_keep_alive = find("learned_keep_alive", lambda: Gauge(
+            "llmaz_serverless_learned_keep_alive_seconds",
+            "The keep-alive (cooldownPeriod) learned for a workload with keep-alive: learned; absent while it "
+            "still uses its policy settings.", ["namespace", "kind", "name"], registry=r))
+        self.learned_decisions = find("learned_decisions", lambda: Counter(
+            "llmaz_serverless_learned_decisions",
+            "Changes of a learned decision, by mode (policy, keep-alive, pre-warm).", ["mode"], registry=r))
+        self.learned_state_errors = find("learned_state_errors", lambda: Counter(
+            "llmaz_serverless_learned_state_errors",
+            "Stored learned states that could not be read (the workload starts learning afresh).", registry=r))
 
 
 _METRICS: ReconcilerMetrics | None = None

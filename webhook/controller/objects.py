@@ -122,6 +122,8 @@ def live_matches(desired: dict[str, Any], live: dict[str, Any] | None, manager: 
     dm, lm = desired.get("metadata") or {}, live.get("metadata") or {}
     if not contains(dm.get("labels") or {}, lm.get("labels") or {}):
         return False
+    if not contains(dm.get("annotations") or {}, lm.get("annotations") or {}):
+        return False
     if dm.get("ownerReferences") and not contains(dm["ownerReferences"], lm.get("ownerReferences") or []):
         return False
     if not contains(desired.get("spec") or {}, live.get("spec") or {}):
@@ -222,8 +224,14 @@ def slim_owned(obj: dict[str, Any]) -> dict[str, Any]:
     out = {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
            "metadata": _slim_meta(obj.get("metadata") or {}, True), "spec": obj.get("spec") or {}}
     status = obj.get("status")
-    if isinstance(status, dict) and isinstance(status.get("conditions"), list):
-        out["status"] = {"conditions": status["conditions"]}
+    if isinstance(status, dict):
+        kept: dict[str, Any] = {}
+        if isinstance(status.get("conditions"), list):
+            kept["conditions"] = status["conditions"]
+        if isinstance(status.get("lastActiveTime"), str):    # the learner's signal (controller.learning)
+            kept["lastActiveTime"] = status["lastActiveTime"]
+        if kept:
+            out["status"] = kept
     return out
 
 

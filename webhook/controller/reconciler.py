@@ -92,6 +92,7 @@ from ..prerequisites import HTTP_ADDON, KEDA
 from .discovery import APIDiscovery
 from .events import EventRecorder
 from .kedastatus import DEFAULT_BOUND, REASON_READY, judge
+from . import learning
 from .informer import Informer, obj_key, sleep_or_stop, wait_any
 from .metrics import reconciler_metrics
 from .quarantine import DENIED, FAILED, Quarantine
@@ -113,6 +114,8 @@ EVENT_HPA_REPLACED = "HPAReplaced"
 EVENT_PREREQUISITE_MISSING = "PrerequisiteMissing"
 EVENT_SCALED_FROM_ZERO = "ScaledUpFromZero"
 EVENT_QUARANTINED = "Quarantined"
+EVENT_LEARNED = "Learned"
+EVENT_LEARNED_STATE_INVALID = "LearnedStateInvalid"
 
 
 class ForeignObject(Exception):
@@ -155,6 +158,7 @@ class Controller:
         self._optional_tasks: dict[str, asyncio.Task] = {}
         self._stop: asyncio.Event | None = None
         self._admission_only = False
+        self.learning: dict[Key, learning.Live] = {}   # keep-alive: learned, rebuilt from the ScaledObject
 
         wt = watch_timeout
         # Workloads in namespaces that are not opted in are cached as stubs (``objects.stub_workload``).
@@ -221,7 +225,8 @@ class Controller:
             self.metrics.degraded_workloads.set(len(self.degraded))
             self._keda_warned.discard(key)
             self.quarantine.release(key)
-            for sub in (key, key + ("prerequisite",), key + ("keda",)):
+            self._forget_learning(key)
+            for sub in (key, key + ("prerequisite",), key + ("keda",), key + ("learned",)):
                 self.recorder.forget(sub)
         self.enqueue((kind, ns, name))
 
@@ -557,9 +562,98 @@ class Controller:
             desired = desired_objects(obj, policy, models, installed)
             if desired.scaled_object is None:
                 return "requeued"
+        settings = desired.analysis.settings
+        if (settings is not None and settings.keep_alive == "learned" and not desired.missing
+                and (desired.scaled_object or {}).get("spec", {}).get("minReplicaCount") == 0):
+            try:
+                obj = await self._learn(key, obj, desired, live_so)
+            except ApiError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - learning must never stop autoscaling
+                self._forget_learning(key)
+                log.exception("reconcile %s: learning failed; the policy settings apply", "/".join(key))
+                await self.recorder.emit(key + ("learned",), obj, EVENT_LEARNED_STATE_INVALID,
+                                         f"keep-alive: learned failed ({type(exc).__name__}); this {kind} uses "
+                                         "its policy settings", "Warning")
+        else:
+            self._forget_learning(key)
+            if C.ANN_LEARNED in ((obj.get("metadata") or {}).get("annotations") or {}):
+                obj = await self._show_learned(key, obj, None)     # no longer learned: nothing to show
         result = await self._manage(key, obj, desired, live_so, live_ir)
         await self._report_keda_status(key, obj)
         return "degraded-" + result if desired.missing else result
+
+    # ------------------------------------------------------------------------------ learned keep-alive
+
+    def _forget_learning(self, key: Key) -> None:
+        if self.learning.pop(key, None) is not None:
+            try:
+                self.metrics.learned_keep_alive.remove(key[1], key[0], key[2])
+            except KeyError:
+                pass
+
+    async def _learn(self, key: Key, obj: dict[str, Any], desired: Desired,
+                     live_so: dict[str, Any] | None) -> dict[str, Any]:
+        """Feed KEDA's lastActiveTime to this workload's learner and put its decision into the ScaledObject
+        about to be applied (``controller.learning``). Returns the workload (with the shown decision)."""
+        kind, ns, name = key
+        assert desired.scaled_object is not None and desired.analysis.settings is not None
+        s = desired.analysis.settings
+        spec = desired.scaled_object["spec"]
+        polling, cooldown = float(spec["pollingInterval"]), float(spec["cooldownPeriod"])
+        live = self.learning.get(key)
+        if live is None:
+            live, error = learning.new_live(live_so, s.cold_start_objective, polling, cooldown, time.time())
+            self.learning[key] = live
+            if error:
+                self.metrics.learned_state_errors.inc()
+                await self.recorder.emit(key + ("learned",), obj, EVENT_LEARNED_STATE_INVALID,
+                                         f"the learned state on ScaledObject {spec['scaleTargetRef']['name']} "
+                                         f"cannot be read ({error}); this {kind} uses its policy settings and "
+                                         "learns afresh", "Warning")
+        live.learner.objective, live.learner.polling_s, live.learner.fallback_s = (
+            s.cold_start_objective, polling, cooldown)
+        learning.observe(live, learning.last_active(live_so), polling)
+        p = learning.plan(desired.scaled_object, live, time.time(), polling)
+        desired.scaled_object = p.scaled_object
+        live.windows = p.windows
+        if p.recheck_in is not None:
+            self.queue.add_after(key, max(1.0, p.recheck_in))
+        d = p.decision
+        if d.keep_alive_s is None:
+            try:
+                self.metrics.learned_keep_alive.remove(ns, kind, name)
+            except KeyError:
+                pass
+        else:
+            self.metrics.learned_keep_alive.labels(ns, kind, name).set(d.keep_alive_s)
+        shown = learning.decision_key(d)
+        current = ((obj.get("metadata") or {}).get("annotations") or {}).get(C.ANN_LEARNED)
+        if shown == live.shown and current is not None:
+            return obj
+        if shown != live.shown:
+            live.shown = shown
+            self.metrics.learned_decisions.labels(d.mode).inc()
+            await self.recorder.emit(key + ("learned",), obj, EVENT_LEARNED,
+                                     f"keep-alive: learned: {learning.visible(d, p.windows)}")
+        line = d.summary()
+        if current != line:       # written when the decision changes, not when an estimate drifts
+            obj = await self._show_learned(key, obj, line)
+        return obj
+
+    async def _show_learned(self, key: Key, obj: dict[str, Any], line: str | None) -> dict[str, Any]:
+        """Write (or with None remove) the workload's ``serverless.llmaz.io/learned``. Best effort: a refused
+        write (the workload's admission webhook unreachable, ...) never holds up its KEDA objects."""
+        kind, ns, name = key
+        try:
+            updated = await self.kube.patch(WORKLOAD_RESOURCES[kind], name,
+                                            {"metadata": {"annotations": {C.ANN_LEARNED: line}}}, ns)
+        except ApiError as exc:
+            log.warning("reconcile %s: could not write %s: %s", "/".join(key), C.ANN_LEARNED, exc)
+            return obj
+        self.write_count += 1
+        self.workload_informer(kind).put_local(updated)
+        return self.workload_informer(kind).get(ns, name) or obj
 
     # ------------------------------------------------------------------------------ never stranded at zero
 

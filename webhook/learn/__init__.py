@@ -32,8 +32,10 @@ class Learner:
         self._last: Decision | None = None
 
     def idle_ended(self, t: float, idle_s: float, day_offset_s: float = 0.0) -> None:
-        observe_idle(self.state, self.params, t, idle_s, self.startup_s, day_offset_s)
         d = self._last
+        cold = None if d is None else _cold(d, t, idle_s, day_offset_s, self.startup_s, self.polling_s,
+                                            self.fallback_s)
+        observe_idle(self.state, self.params, t, idle_s, self.startup_s, day_offset_s, cold)
         if d is not None and d.keep_alive_s is not None and not d.prewarm and idle_s > d.keep_alive_s:
             self.state.changes = REDECIDE_EVERY        # a cold start under the last decision: look again
 
@@ -45,6 +47,25 @@ class Learner:
             self._last = decide(self.state, self.params, t, self.objective, self.startup_s, self.polling_s,
                                 self.fallback_s)
         return self._last
+
+
+def _cold(d: Decision, t: float, idle_s: float, day_offset_s: float, startup_s: float, polling_s: float,
+          fallback_s: float) -> bool | None:
+    """Whether an idle time of ``idle_s`` ending at ``t`` met a cold start under decision ``d`` (as far as the
+    learner can tell: a replica is ready after one pod start, a scale-in is acted on at the next poll). None
+    when it cannot tell: the policy's settings applied and the learner was not told their keep-alive."""
+    if d.keep_alive_s is None and fallback_s <= 0:
+        return None
+    keep = fallback_s if d.keep_alive_s is None else d.keep_alive_s
+    if idle_s <= keep + polling_s:
+        return False
+    if d.prewarm is not None and d.prewarm[0] + startup_s <= idle_s <= d.prewarm[1]:
+        return False
+    tod = (t + day_offset_s) % 86400.0
+    for a, b in d.daily:
+        if a + startup_s <= tod <= b or a + startup_s <= tod + 86400.0 <= b:
+            return False
+    return True
 
 
 def parse_objective(text: str) -> float:

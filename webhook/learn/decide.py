@@ -9,8 +9,13 @@ cheapest candidate whose estimated cold-start share meets the objective wins. Tw
 
 * the choice minimises GPU time + price x requests that wait. The price starts at ``Params.min_price_s``
   GPU-seconds per request (sparing requests that cheaply is always worth it, even below the objective) and
-  doubles until the objective is met, up to ``Params.price_s``; past that (sparse, unpredictable traffic) the
-  objective is given up for the cheapest candidate at that price -- a short keep-alive and no pre-warm;
+  doubles until the objective is met, up to a cap that follows the objective (``price_cap``: ``Params.price_s``
+  at 1 %, in proportion for a tighter one). The objective is the user's contract; the cap exists only so that
+  a workload no keep-alive or pre-warm can serve within it (sparse, unpredictable traffic) does not pin a GPU:
+  past it the objective is given up, and said so, for the cheapest candidate at that price;
+* the objective is a budget over the workload's history: the learner counts the requests its own decisions
+  made wait (``State.waited``), and a workload over budget aims lower, one under budget a little higher, by at
+  most ``Params.budget_span`` either way (``_target``);
 * with too little history (``Params.min_idle_times``) it decides nothing: the policy's own settings apply.
 
 Idle times beyond the histogram's 4 hours cannot be covered by a keep-alive or a relative pre-warm; when
@@ -140,21 +145,45 @@ def decide(s: State, p: Params, t: float, objective: float, startup_s: float, po
             after = after_w * (c0 + P + (k + c0 + P - a) + S)
             cands.append((base_cost + mid_cost + warm + after, mid_wait + H - ph[l + 1] + h_o, k, a, after_w))
     # The price of a waiting request: at least ``min_price_s`` (sparing requests that cheaply is always worth
-    # it), raised until the objective is met, at most ``price_s`` (beyond, the objective is given up).
-    limit = objective * R
+    # it), raised until the objective is met, at most the cap (beyond, the objective is given up: a workload
+    # no keep-alive or pre-warm can serve within its objective must not pin a GPU for it).
+    target = _target(s, p, objective)
+    limit = target * R
+    cap = price_cap(p, target)
     price = p.min_price_s
     pick = _best(cands, price)
-    while pick[1] > limit + 1e-9 and price < p.price_s:
-        price = min(price * 2.0, p.price_s)
+    while pick[1] > limit + 1e-9 and price < cap:
+        price = min(price * 2.0, cap)
         pick = _best(cands, price)
     why = (f"meets the objective at {price:g} GPU-seconds per request spared" if pick[1] <= limit + 1e-9
-           else f"the objective would cost more than {p.price_s:g} GPU-seconds per request spared")
+           else f"the objective would cost more than {cap:g} GPU-seconds per request spared")
+    if target != objective:
+        why += f"; {s.waited / s.judged * 100:.2f}% of requests waited so far, aiming at {target * 100:.2f}%"
     cost, waits, k, a, _ = pick
     daily = _daily(s, p, t, fade, lead)
     share = waits / R
     if a is None:
         return Decision("keep-alive", k, None, daily, share, eff, why)
     return Decision("pre-warm", c0, (a, k), daily, share, eff, why)
+
+
+def price_cap(p: Params, objective: float) -> float:
+    """The most GPU-seconds spent to spare one request a cold start: ``Params.price_s`` at a 1 % objective or
+    a looser one, and in proportion for a tighter one (half the share allowed to wait, twice the price). The
+    objective is the user's contract and the cap follows it; it exists only so that a workload whose objective
+    no keep-alive or pre-warm can meet does not hold a GPU for it."""
+    return p.price_s * max(1.0, 0.01 / objective)
+
+
+def _target(s: State, p: Params, objective: float) -> float:
+    """The objective as a budget over the workload's history: when more of its requests waited than the
+    objective allows (as far as the learner could tell), aim lower; when fewer, a little higher -- by at most
+    ``Params.budget_span`` either way, so one bad or good stretch cannot swing the choice far."""
+    if p.budget_span <= 1.0 or s.judged <= 0:
+        return objective
+    realized = s.waited / s.judged
+    ratio = objective / max(realized, objective / p.budget_span)
+    return objective * min(max(ratio, 1.0 / p.budget_span), p.budget_span)
 
 
 def _best(cands: list[tuple[float, float, float, float | None, float]],

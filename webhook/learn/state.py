@@ -35,20 +35,22 @@ VERSION = 1
 @dataclass(frozen=True)
 class Params:
     """Hyperparameters. Values chosen on the tuning traces named in docs/scaling-report.md (ServeGen
-    ``reason/deepseek-r1`` and ``multimodal/mm-image`` clients), never on the traces reported there."""
+    ``reason/deepseek-r1`` and ``multimodal/mm-image`` clients; the price bounds, budget span and trust on the
+    tuning half of the Azure Functions day, split by function), never on the traces reported as held out."""
 
     half_life_s: float = 3 * 86400.0    # old history fades with this half-life
     min_idle_times: float = 3.0         # fewer (after fading): not enough history, the policy's settings apply
-    trust_idle_times: float = 30.0      # fewer: the policy's keep-alive may be lengthened, not shortened
+    trust_idle_times: float = 10.0      # fewer: the policy's keep-alive may be lengthened, not shortened
     min_keep_alive_s: float = 60.0      # the shortest keep-alive the learner sets (one bin)
     max_keep_alive_s: float = BINS * BIN_S
     prior_unseen: float = 1.0          # pseudo-count of an idle time longer than any seen (see ``decide``)
-    min_price_s: float = 40.0           # GPU-seconds always worth spending to spare one request a cold start
-    price_s: float = 150.0              # ... and the most ever spent on that to meet the objective
+    min_price_s: float = 300.0          # GPU-seconds always worth spending to spare one request a cold start
+    price_s: float = 1800.0             # ... and the most ever spent on that to meet the objective
     min_prewarm_hit: float = 0.5       # a pre-warm window must catch at least this share of the idle times reaching it
     long_idle_s: float = BINS * BIN_S   # idle times past the histogram count as wake-ups for the daily profile
     daily_min_share: float = 0.6        # a half hour with a wake-up on at least this share of days is pre-warmed
     daily_min_days: float = 2.0
+    budget_span: float = 2.0            # the realized cold-start share moves the target by at most this factor
 
 
 @dataclass
@@ -65,6 +67,9 @@ class State:
     bins: dict[int, list[float]] = field(default_factory=dict)
     slots: dict[int, float] = field(default_factory=dict)
     changes: int = 0                      # observations since the last decision (callers may skip deciding)
+    waited: float = 0.0                   # faded requests that met a cold start under the learner's decisions
+    judged: float = 0.0                   # faded requests whose cold or warm start is known (``waited``'s base)
+    head_cold: bool | None = None         # whether the last idle time ended in a cold start (None: unknown)
 
     def weight(self, t: float, p: Params) -> float:
         w = 2.0 ** ((t - self.t0) / p.half_life_s)
@@ -76,6 +81,8 @@ class State:
 
     def _scale(self, k: float) -> None:
         self.requests *= k
+        self.waited *= k
+        self.judged *= k
         for v in self.bins.values():
             v[0] *= k
             v[1] *= k
@@ -96,9 +103,11 @@ class State:
         return h / math.log(2) * (1 - 2.0 ** (-span / h)) / 86400.0
 
 
-def observe_idle(s: State, p: Params, t: float, idle_s: float, head_s: float, day_offset_s: float = 0.0) -> None:
+def observe_idle(s: State, p: Params, t: float, idle_s: float, head_s: float, day_offset_s: float = 0.0,
+                 cold: bool | None = None) -> None:
     """The workload was idle for ``idle_s`` seconds and a request came at ``t``. Requests in the next
-    ``head_s`` seconds (one pod start) are the ones a cold start would hold; count them with ``observe_requests``."""
+    ``head_s`` seconds (one pod start) are the ones a cold start would hold; count them with ``observe_requests``.
+    ``cold``: whether this idle time did end in a cold start (None: not known; the budget then stays as it is)."""
     if s.first is None:
         s.first = t - idle_s
         s.t0 = t
@@ -112,6 +121,7 @@ def observe_idle(s: State, p: Params, t: float, idle_s: float, head_s: float, da
         s.slots[slot] = s.slots.get(slot, 0.0) + w
     s.head_bin = i
     s.head_until = t + head_s
+    s.head_cold = cold
     s.last_idle_end = t
     s.changes += 1
 
@@ -123,8 +133,12 @@ def observe_requests(s: State, p: Params, t: float, n: int) -> None:
         s.t0 = t
     w = s.weight(t, p) * n
     s.requests += w
+    if s.head_cold is not None:
+        s.judged += w
     if t < s.head_until and s.head_bin in s.bins:
         s.bins[s.head_bin][1] += w
+        if s.head_cold:
+            s.waited += w
 
 
 # ---------------------------------------------------------------------------------------------- encoding
@@ -142,8 +156,10 @@ def encode(s: State, t: float, p: Params) -> str:
     bins = {str(i): [_num(v[0] * k), _num(v[1] * k), _num(v[2] * k)]
             for i, v in sorted(s.bins.items()) if v[0] * k >= 1e-3}
     slots = {str(i): _num(v * k) for i, v in sorted(s.slots.items()) if v * k >= 1e-3}
-    doc = {"v": VERSION, "t": _num(round(t)), "first": None if s.first is None else round(s.first),
+    doc = {"v": VERSION, "t": round(t), "first": None if s.first is None else round(s.first),
            "r": _num(s.requests * k), "b": bins, "s": slots}
+    if s.judged * k >= 1e-3:                # the budget, when known (absent in states written before it)
+        doc["w"] = [_num(s.waited * k), _num(s.judged * k)]
     out = json.dumps(doc, separators=(",", ":"))
     while len(out) > MAX_ENCODED and bins:
         del bins[min(bins, key=lambda key: bins[key][0])]
@@ -164,6 +180,10 @@ def decode(text: str) -> State:
             raise StateError(f"learned state version {doc.get('v')!r} is not {VERSION}")
         s = State(t0=float(doc["t"]), first=None if doc.get("first") is None else float(doc["first"]),
                   requests=float(doc.get("r", 0.0)))
+        if "w" in doc:
+            s.waited, s.judged = float(doc["w"][0]), float(doc["w"][1])
+            if not 0 <= s.waited <= s.judged:
+                raise StateError("learned state: more requests waited than were counted")
         for key, v in doc.get("b", {}).items():
             i = int(key)
             if not 0 <= i <= BINS or len(v) != 3:

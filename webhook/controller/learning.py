@@ -1,0 +1,211 @@
+"""Live keep-alive and pre-warm for workloads with ``keep-alive: learned``: the pure part of the reconciler's
+learning (the reconciler does the reading, writing and Events).
+
+Signal: KEDA's ScaledObject ``status.lastActiveTime``. KEDA's scale loop sets it to "now" on every poll in
+which a trigger is active and when it scales the target from zero, and scales to zero once
+``lastActiveTime + cooldownPeriod`` has passed (kedacore/keda, pkg/scaling/executor/scale_scaledobjects.go,
+``RequestScale`` / ``scaleToZero``). So while a workload is busy it advances one polling interval at a time, and
+a jump of more than two polling intervals is an idle time measured on the very clock the cooldown is measured
+on. Every cluster with KEDA has it (no Prometheus needed), and the informer already watches ScaledObjects.
+
+Without request counts each wake-up counts as one request: the learner's cold-start share becomes the share of
+wake-ups that wait, which is stricter than the share of requests (a busy period holds one or more requests).
+
+The learner (``webhook.learn``) is the one the simulator replays, unchanged. Its decision goes out only
+through the ScaledObject we already build: ``cooldownPeriod`` = the learned keep-alive, and a pre-warm = a
+cron trigger with a dated start and end (minute, hour, day, month), so it ends by itself. The state is an
+annotation on that ScaledObject (``STATE_ANNOTATION``, at most ``webhook.learn.state.MAX_ENCODED`` bytes).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import constants as C
+from ..learn import Decision, Learner, Params, State, StateError, decode, encode
+
+STATE_ANNOTATION = C.ANN_LEARNED_STATE
+# A replica's start (scheduling + image pull + model load) as the learner counts it: the simulator's default
+# pod timing (webhook/simulate/model.py ``PodTiming``); the cluster does not tell it to us.
+STARTUP_S = 142.0
+TRIGGER_PREFIX = "learned-prewarm"
+# Windows anchored on activity inside a window, in a row, before activity outside one is needed again: a
+# workload that stopped costs at most this many + 1 unused pre-warms (see ``observe``).
+MAX_CHAIN = 3
+DAY = 86400.0
+
+
+@dataclass
+class Live:
+    """One workload's learning in the reconciler's memory (rebuilt from the stored state after a restart)."""
+
+    learner: Learner
+    prev: float | None = None                                   # the last lastActiveTime seen
+    windows: list[tuple[float, float]] = field(default_factory=list)   # pre-warm windows placed (epoch s)
+    shown: tuple[Any, ...] | None = None                        # the decision last made visible
+    in_window: bool = False          # ``prev`` was seen inside a pre-warm window (KEDA active for our cron)
+    chain: int = 0                   # windows in a row anchored on activity inside a window
+    anchored: float | None = None    # the anchor of the last window placed
+
+
+def parse_time(value: Any) -> float | None:
+    """An RFC 3339 time as Kubernetes writes it -> epoch seconds; None when absent or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        t = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_dt.timezone.utc)
+    return t.timestamp()
+
+
+def last_active(so: dict[str, Any] | None) -> float | None:
+    status = (so or {}).get("status")
+    return parse_time(status.get("lastActiveTime")) if isinstance(status, dict) else None
+
+
+def read_state(so: dict[str, Any] | None) -> tuple[State, str | None]:
+    """The stored state of a ScaledObject, or a fresh one and why the stored one could not be used."""
+    ann = ((so or {}).get("metadata") or {}).get("annotations") or {}
+    text = ann.get(STATE_ANNOTATION) if isinstance(ann, dict) else None
+    if not text:
+        return State(), None
+    try:
+        return decode(str(text)), None
+    except StateError as exc:
+        return State(), str(exc)
+
+
+MAX_AGE_S = 365 * DAY      # a state whose time base is further from now is not ours to trust
+
+
+def new_live(so: dict[str, Any] | None, objective: float, polling_s: float, cooldown_s: float, now: float,
+             params: Params = Params()) -> tuple[Live, str | None]:
+    """A workload's learning from its ScaledObject, or a fresh one and why the stored state was not usable.
+    Times are epoch seconds here; the learner's time base (``State.t0``) is put near ``now`` (its weights are
+    powers of 2 of the distance to it)."""
+    state, error = read_state(so)
+    if error is None and state.first is not None and abs(now - state.t0) > MAX_AGE_S:
+        state, error = State(), f"learned state time {state.t0:.0f} is more than a year from now"
+    if state.first is None:
+        state.t0 = now
+    learner = Learner(objective, STARTUP_S, polling_s, params, state=state, fallback_s=cooldown_s)
+    return Live(learner, prev=last_active(so)), error
+
+
+def observe(live: Live, t: float | None, polling_s: float) -> bool:
+    """Feed one lastActiveTime to the learner. True when it ended an idle time (the state changed).
+
+    The first time seen only sets the reference (after a restart the idle time in progress is lost, never
+    counted twice). Inside a pre-warm window we placed (and one poll after) KEDA is active because of our cron
+    trigger, so a request there cannot be told from none: such an advance moves the reference (the next window
+    is anchored on it, see ``plan``) but teaches nothing, and neither does the first idle time measured from
+    it (it starts at a window, not at a request)."""
+    if t is None:
+        return False
+    if live.prev is None or t <= live.prev:
+        live.prev = t if live.prev is None else live.prev
+        return False
+    if any(a <= t <= b + polling_s for a, b in live.windows):
+        live.prev, live.in_window = t, True
+        return False
+    gap, after_window = t - live.prev, live.in_window
+    live.prev, live.in_window = t, False
+    if gap <= 2 * polling_s:
+        return False                       # KEDA's poll-by-poll advance while busy
+    live.chain = 0                         # demand seen outside a window: windows may be chained again
+    if after_window:
+        return False
+    live.learner.idle_ended(t, gap)
+    live.learner.requests(t, 1)
+    return True
+
+
+def decision_key(d: Decision) -> tuple[Any, ...]:
+    """What the ScaledObject shows of a decision (estimates like the share may drift without a change)."""
+    return (d.mode, d.keep_alive_s, d.prewarm, d.daily)
+
+
+def cron_trigger(name: str, start: float, end: float) -> dict[str, Any]:
+    """A KEDA cron trigger holding one replica from ``start`` to ``end`` (epoch seconds, whole minutes) on
+    that date only: the fields are minute hour day month, so it ends by itself (it would recur a year later
+    only if nothing reconciled the ScaledObject for a whole year)."""
+    def expr(t: float) -> str:
+        d = _dt.datetime.fromtimestamp(t, _dt.timezone.utc)
+        return f"{d.minute} {d.hour} {d.day} {d.month} *"
+    return {"type": "cron", "name": name, "metadata": {
+        "timezone": "Etc/UTC", "start": expr(start), "end": expr(end), "desiredReplicas": "1"}}
+
+
+@dataclass(frozen=True)
+class Plan:
+    scaled_object: dict[str, Any]
+    decision: Decision
+    windows: list[tuple[float, float]]
+    recheck_in: float | None            # seconds until the plan should be looked at again
+
+
+def plan(so: dict[str, Any], live: Live, now: float, polling_s: float, params: Params = Params()) -> Plan:
+    """The ScaledObject with the learned decision applied, given the workload's last activity ``live.prev``.
+
+    A relative pre-warm is placed once the workload has been idle two polling intervals (while it is busy the
+    replica is up anyway, and the window would move with every poll); the next daily window is placed up to a
+    day ahead. Windows that ended are left out. A window anchored on activity inside an earlier window (a hit
+    or nothing, KEDA cannot tell) is placed at most ``MAX_CHAIN`` times in a row. Updates ``live``'s window
+    bookkeeping (``anchored``, ``chain``)."""
+    t = live.prev if live.prev is not None else now
+    d = live.learner.decision(t)
+    out = copy.deepcopy(so)
+    spec = out.setdefault("spec", {})
+    if d.keep_alive_s is not None:
+        spec["cooldownPeriod"] = int(math.ceil(d.keep_alive_s))
+    windows: list[tuple[float, float]] = []
+    recheck: list[float] = []
+    chained_out = live.in_window and live.chain >= MAX_CHAIN and live.anchored != live.prev
+    if d.prewarm is not None and live.prev is not None and not chained_out:
+        a = math.floor((live.prev + d.prewarm[0]) / 60.0) * 60.0
+        b = math.ceil((live.prev + d.prewarm[1]) / 60.0) * 60.0
+        settle = live.prev + 2 * polling_s
+        if now < settle:
+            recheck.append(settle - now)
+        elif b > now and b > a:
+            windows.append((a, b))
+            if live.anchored != live.prev:
+                live.anchored = live.prev
+                live.chain += 1 if live.in_window else 0
+    for start, end in d.daily:
+        day0 = math.floor(now / DAY) * DAY
+        for k in (0, 1):
+            a = math.floor((day0 + k * DAY + start) / 60.0) * 60.0
+            b = math.ceil((day0 + k * DAY + end) / 60.0) * 60.0
+            if b > now:
+                windows.append((a, b))
+                break
+    triggers = list(spec.get("triggers") or [])
+    for i, (a, b) in enumerate(sorted(windows)):
+        triggers.append(cron_trigger(f"{TRIGGER_PREFIX}-{i}", a, b))
+        recheck.append(b - now + 1.0)      # take it out once it ended
+    spec["triggers"] = triggers
+    state = live.learner.state
+    if state.first is not None:
+        meta = out.setdefault("metadata", {})
+        ann = dict(meta.get("annotations") or {})
+        ann[STATE_ANNOTATION] = encode(state, state.t0, params)
+        meta["annotations"] = ann
+    return Plan(out, d, sorted(windows), min(recheck) if recheck else None)
+
+
+def visible(d: Decision, windows: list[tuple[float, float]]) -> str:
+    """The line shown on the workload (annotation) and in the Event."""
+    line = d.summary()
+    for a, b in windows:
+        fa = _dt.datetime.fromtimestamp(a, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+        fb = _dt.datetime.fromtimestamp(b, _dt.timezone.utc).strftime("%H:%MZ")
+        line += f"; warm {fa}-{fb}"
+    return line
