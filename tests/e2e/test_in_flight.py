@@ -209,12 +209,17 @@ def test_stuck_busy_metric_holds_no_longer_than_its_bound(stack: LiveStack):
     ns = opted_in_namespace(stack, "hung")
     name, queue = "hung", f"jobs-{ns}"
     stack.redis("DEL", queue, f"{queue}:done")
-    apply_queue_workload(stack, ns, name, queue, {C.ANN_COOLDOWN: "3", C.ANN_DRAIN_TIMEOUT: "8"})
+    # The cooldown must outlast Prometheus' discovery of a new pod (targets refresh every few seconds, slower on
+    # a loaded machine): until then the hold cannot see the warm-up job, and a shorter cooldown lets the replica
+    # go to zero under it.
+    cooldown = 8
+    apply_queue_workload(stack, ns, name, queue, {C.ANN_COOLDOWN: str(cooldown), C.ANN_DRAIN_TIMEOUT: "8"})
     hung: list = []
     with Timeline(stack.api(), ns, name, extra={"done": lambda: stack.redis("LLEN", f"{queue}:done")}) as tl:
+        tl.expect("ready", lambda s: bool(s.ready))
         tl.expect("done", lambda s: s.extra["done"] == 1)
         stack.redis("LPUSH", queue, "warmup@8")   # long enough for Prometheus to see tokens move
-        tl.wait("done", 30)
+        tl.wait("ready", 60)
         pod = tl.last.ready[0]
         ip = pod["status"]["podIP"]
         # a request that runs and never produces a token: vllm:num_requests_running stays at 1
@@ -231,19 +236,22 @@ def test_stuck_busy_metric_holds_no_longer_than_its_bound(stack: LiveStack):
                 hung.append(repr(e))
             finally:
                 c.close()
+        # Sent while the warm-up job still runs: the replica is busy from then on, so it cannot go to zero
+        # between the end of the warm-up and the hung request.
         t = threading.Thread(target=hang)
         t.start()
-        wait_for(lambda: running_on(ip) == 1, 5, "the hung request to run")
+        tl.wait("done", 30)
+        wait_for(lambda: running_on(ip) == 1, 5, "the hung request to run (the warm-up job done)")
         tl.expect("zero", lambda s: s.playground_replicas == 0)
-        tl.wait("zero", STUCK_AFTER + 3 + 1 + 15)
+        tl.wait("zero", STUCK_AFTER + cooldown + 1 + 15)
         t.join(30)
     record = stack.agent.record_for(ns, pod["metadata"]["name"])
     wait_for(lambda: record.exited, 30, "the replica to exit")
     after = tl.marks["zero"] - tl.marks["done"]
     # the busy gauge held while tokens had moved within stuckAfter, and not beyond: bound + cooldown + polls
-    assert STUCK_AFTER - 2 <= after <= STUCK_AFTER + 3 + 1 + 5, after
+    assert STUCK_AFTER - 2 <= after <= STUCK_AFTER + cooldown + 1 + 5, after
     assert hung and hung[0] != 200, "the hung request was aborted at the end of the drain"
     assert 8 - 0.5 <= record.exited - record.sigterm <= 8 + 2, "the drain is bounded by its timeout"
-    print(f"\nstuck busy metric (stuckAfter {STUCK_AFTER} s, cooldown 3 s): last token -> /scale = 0 "
+    print(f"\nstuck busy metric (stuckAfter {STUCK_AFTER} s, cooldown {cooldown} s): last token -> /scale = 0 "
           f"{after:.2f} s; SIGTERM -> exit {record.exited - record.sigterm:.2f} s (drain timeout 8 s); "
-          f"GPU-seconds added by the hold and drain: {after - 3 + record.exited - record.terminating:.1f}")
+          f"GPU-seconds added by the hold and drain: {after - cooldown + record.exited - record.terminating:.1f}")
