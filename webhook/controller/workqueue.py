@@ -132,7 +132,10 @@ class WorkQueue:
             self._wakeup.clear()
             due = self.next_due()
             timeout = None if due is None else max(0.0, due - self.clock())
+            # asyncio.timeout rather than wait_for: on Python 3.11 wait_for can swallow a cancellation that
+            # arrives as the wake-up fires, and a worker that misses its cancel never stops.
             try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
+            except TimeoutError:
                 pass
