@@ -16,6 +16,7 @@ ANN_MAX_REPLICAS = PREFIX + "max-replicas"
 ANN_COOLDOWN = PREFIX + "cooldown-period"
 ANN_KEEP_ALIVE = PREFIX + "keep-alive"                    # "fixed" (the cooldown) or "learned"
 ANN_COLD_START_OBJECTIVE = PREFIX + "cold-start-objective"  # "1%": share of requests a learner may let wait
+ANN_STARTUP_TIME = PREFIX + "startup-time"                # zero -> ready; a learned pre-warm starts this early
 ANN_POLLING = PREFIX + "polling-interval"
 ANN_INITIAL_COOLDOWN = PREFIX + "initial-cooldown-period"
 ANN_START_AT_ZERO = PREFIX + "start-at-zero"
@@ -27,7 +28,7 @@ ANN_MAX_REQUEST = PREFIX + "max-request-duration"     # the longest request the 
 USER_ANNOTATIONS = (
     ANN_ENABLED, ANN_PROFILE, ANN_MIN_REPLICAS, ANN_MAX_REPLICAS, ANN_COOLDOWN, ANN_POLLING,
     ANN_INITIAL_COOLDOWN, ANN_START_AT_ZERO, ANN_TRIGGERS, ANN_BEHAVIOR,
-    ANN_KEEP_ALIVE, ANN_COLD_START_OBJECTIVE,
+    ANN_KEEP_ALIVE, ANN_COLD_START_OBJECTIVE, ANN_STARTUP_TIME,
     ANN_DRAIN_TIMEOUT, ANN_MAX_REQUEST,
 )
 

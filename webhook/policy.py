@@ -72,6 +72,9 @@ class Overlay(_Strict):
     coldStartObjective: str | None = Field(
         default=None, pattern=r"^\d{1,2}(\.\d{1,3})?%$", description="share of requests a learned keep-alive may "
         "let meet a cold start, e.g. 1%")
+    startupTime: Seconds | None = Field(
+        default=None, ge=1, le=3600, description="how long a replica takes from zero to ready (scheduling, "
+        "image pull, model load); a learned pre-warm starts this much early")
 
 
 class HTTPSettings(_Strict):

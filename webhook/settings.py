@@ -15,9 +15,9 @@ from typing import Any
 from . import constants as C
 from . import drain as drain_rules
 from .accelerators import Detection, detect
-from .durations import DurationError, human, whole_seconds
+from .durations import DurationError, human, parse_duration, whole_seconds
 from .errors import Problem
-from .learn import parse_objective
+from .learn import STARTUP_S, parse_objective
 from .models import ModelCatalog
 from .policy import Overlay, Policy
 from .readiness import workload_readiness_warning
@@ -53,6 +53,7 @@ class Settings:
     profile: str | None
     keep_alive: str = "fixed"             # "learned": the reconciler learns keep-alive and pre-warm per workload
     cold_start_objective: float = 0.01    # share of requests a learned keep-alive may let meet a cold start
+    startup_s: float = STARTUP_S          # zero -> ready, as a learned pre-warm plans for it
     drain: drain_rules.Drain | None = None
 
     def as_annotation(self) -> str:
@@ -71,6 +72,7 @@ class Settings:
         if self.keep_alive == "learned":
             doc["keepAlive"] = "learned"
             doc["coldStartObjective"] = f"{self.cold_start_objective * 100:g}%"
+            doc["startupTime"] = f"{self.startup_s:g}s"
         if self.drain is not None:
             doc["drain"] = self.drain.summary()
         return json.dumps(doc, sort_keys=True, separators=(",", ":"))
@@ -210,6 +212,18 @@ def _learned(ann: dict[str, str], resolved: dict[str, Any], problems: list[Probl
     except ValueError as exc:
         problems.append(Problem(source, str(exc), "e.g. \"1%\": at most 1 request in 100 meets a cold start"))
         resolved["objective"] = 0.01
+    resolved["startup"] = float(resolved.get("startupTime") or STARTUP_S)
+    if C.ANN_STARTUP_TIME in ann:
+        try:
+            seconds = parse_duration(ann[C.ANN_STARTUP_TIME])
+        except DurationError as exc:
+            problems.append(Problem(C.ANN_STARTUP_TIME, str(exc), "e.g. \"3m\": from zero to a ready replica"))
+            return
+        if not 1 <= seconds <= 3600:
+            problems.append(Problem(C.ANN_STARTUP_TIME, f"{seconds:g}s is out of range",
+                                    "write from 1s to 1h: how long a replica takes from zero to ready"))
+            return
+        resolved["startup"] = seconds
 
 
 def validate_behavior(value: Any, where: str) -> list[Problem]:
@@ -474,7 +488,7 @@ def analyze(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Analys
         start_at_zero=bool(resolved["startAtZero"]) and lo == 0, triggers=tuple(presets),
         behavior=resolved.get("behavior"), gpu=det.gpu, profile=profile,
         keep_alive=resolved.get("keepAlive") or "fixed", cold_start_objective=resolved["objective"],
-        drain=drain)
+        startup_s=resolved["startup"], drain=drain)
     an.settings = settings
     ctx = an.trigger_context(policy)
     too_big = built_problems(built_for(settings, ctx), C.ANN_TRIGGERS, policy.limits)
@@ -499,7 +513,9 @@ def analyze(obj: dict[str, Any], policy: Policy, models: ModelCatalog) -> Analys
     if settings.keep_alive == "learned" and lo > 0:
         an.warnings.append(f"keep-alive: learned has no effect with min-replicas {lo}: the workload never goes "
                            "to zero")
-    elif C.ANN_COLD_START_OBJECTIVE in ann and settings.keep_alive != "learned":
-        an.warnings.append(f"{C.ANN_COLD_START_OBJECTIVE} only steers keep-alive: learned; with a fixed "
-                           "keep-alive the cooldown-period applies")
+    elif settings.keep_alive != "learned":
+        for key in (C.ANN_COLD_START_OBJECTIVE, C.ANN_STARTUP_TIME):
+            if key in ann:
+                an.warnings.append(f"{key} only steers keep-alive: learned; with a fixed keep-alive the "
+                                   "cooldown-period applies")
     return an

@@ -305,6 +305,7 @@ PER_ANNOTATION = {
     C.ANN_TRIGGERS: TRIGGERS, C.ANN_BEHAVIOR: BEHAVIOR,
     C.ANN_KEEP_ALIVE: st.sampled_from(["learned", "fixed", "Learned", "auto", ""]),
     C.ANN_COLD_START_OBJECTIVE: st.sampled_from(["1%", "0.5%", "0%", "60%", "1", "x%", " 2% "]),
+    C.ANN_STARTUP_TIME: st.one_of(DURATION, NUMBER),
     C.ANN_DRAIN_TIMEOUT: st.one_of(DURATION, NUMBER), C.ANN_MAX_REQUEST: st.one_of(DURATION, NUMBER),
     C.ANN_MANAGED: st.one_of(BOOL, TEXT), C.ANN_RESOLVED: st.one_of(TEXT, st.just("{}")),
     C.ANN_LEARNED: TEXT,

@@ -77,6 +77,21 @@ def test_annotations_are_validated_and_resolved() -> None:
     assert any("has no effect with min-replicas 1" in w for w in pinned.warnings)
 
 
+def test_startup_time_is_a_bounded_duration_with_a_policy_default() -> None:
+    p = Policy.default()
+    ok = analyze(playground(annotations={C.ANN_KEEP_ALIVE: "learned", C.ANN_STARTUP_TIME: "3s"}), p, catalog())
+    assert ok.settings.startup_s == 3.0 and json.loads(ok.settings.as_annotation())["startupTime"] == "3s"
+    assert analyze(playground(annotations={C.ANN_KEEP_ALIVE: "learned"}), p, catalog()).settings.startup_s == 142.0
+    for value, what in (("0s", "out of range"), ("2h", "out of range"), ("soon", "not a duration")):
+        bad = analyze(playground(annotations={C.ANN_KEEP_ALIVE: "learned", C.ANN_STARTUP_TIME: value}), p,
+                      catalog())
+        assert what in {pr.where: pr.what for pr in bad.problems}[C.ANN_STARTUP_TIME], value
+    fixed = analyze(playground(annotations={C.ANN_STARTUP_TIME: "3s"}), p, catalog())
+    assert any(C.ANN_STARTUP_TIME in w and "only steers keep-alive: learned" in w for w in fixed.warnings)
+    layered = Policy.model_validate({"gpu": {"keepAlive": "learned", "startupTime": "90s"}})
+    assert analyze(playground(), layered, catalog()).settings.startup_s == 90.0
+
+
 def test_policy_layers_set_the_default_objective() -> None:
     p = Policy.model_validate({"gpu": {"keepAlive": "learned", "coldStartObjective": "2%"}})
     an = analyze(playground(), p, catalog())

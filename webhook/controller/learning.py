@@ -26,12 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import constants as C
-from ..learn import Decision, Learner, Params, State, StateError, decode, encode
+from ..learn import STARTUP_S, Decision, Learner, Params, State, StateError, decode, encode
 
 STATE_ANNOTATION = C.ANN_LEARNED_STATE
-# A replica's start (scheduling + image pull + model load) as the learner counts it: the simulator's default
-# pod timing (webhook/simulate/model.py ``PodTiming``); the cluster does not tell it to us.
-STARTUP_S = 142.0
 TRIGGER_PREFIX = "learned-prewarm"
 # Windows anchored on activity inside a window, in a row, before activity outside one is needed again: a
 # workload that stopped costs at most this many + 1 unused pre-warms (see ``observe``).
@@ -86,7 +83,7 @@ MAX_AGE_S = 365 * DAY      # a state whose time base is further from now is not 
 
 
 def new_live(so: dict[str, Any] | None, objective: float, polling_s: float, cooldown_s: float, now: float,
-             params: Params = Params()) -> tuple[Live, str | None]:
+             params: Params = Params(), startup_s: float = STARTUP_S) -> tuple[Live, str | None]:
     """A workload's learning from its ScaledObject, or a fresh one and why the stored state was not usable.
     Times are epoch seconds here; the learner's time base (``State.t0``) is put near ``now`` (its weights are
     powers of 2 of the distance to it)."""
@@ -95,7 +92,7 @@ def new_live(so: dict[str, Any] | None, objective: float, polling_s: float, cool
         state, error = State(), f"learned state time {state.t0:.0f} is more than a year from now"
     if state.first is None:
         state.t0 = now
-    learner = Learner(objective, STARTUP_S, polling_s, params, state=state, fallback_s=cooldown_s)
+    learner = Learner(objective, startup_s, polling_s, params, state=state, fallback_s=cooldown_s)
     return Live(learner, prev=last_active(so)), error
 
 

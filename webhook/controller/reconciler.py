@@ -603,7 +603,8 @@ class Controller:
         polling, cooldown = float(spec["pollingInterval"]), float(spec["cooldownPeriod"])
         live = self.learning.get(key)
         if live is None:
-            live, error = learning.new_live(live_so, s.cold_start_objective, polling, cooldown, time.time())
+            live, error = learning.new_live(live_so, s.cold_start_objective, polling, cooldown, time.time(),
+                                            startup_s=s.startup_s)
             self.learning[key] = live
             if error:
                 self.metrics.learned_state_errors.inc()
@@ -613,6 +614,7 @@ class Controller:
                                          "learns afresh", "Warning")
         live.learner.objective, live.learner.polling_s, live.learner.fallback_s = (
             s.cold_start_objective, polling, cooldown)
+        live.learner.startup_s = s.startup_s
         learning.observe(live, learning.last_active(live_so), polling)
         p = learning.plan(desired.scaled_object, live, time.time(), polling)
         desired.scaled_object = p.scaled_object

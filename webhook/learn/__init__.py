@@ -11,8 +11,11 @@ from __future__ import annotations
 from .decide import Decision, decide
 from .state import Params, State, StateError, decode, encode, observe_idle, observe_requests
 
-__all__ = ["Decision", "Learner", "Params", "State", "StateError", "decide", "decode", "encode", "parse_objective"]
+__all__ = ["STARTUP_S", "Decision", "Learner", "Params", "State", "StateError", "decide", "decode", "encode", "parse_objective"]
 
+# A replica's start (scheduling + image pull + model load) when the workload does not say (``startup-time``):
+# the simulator's default pod timing (webhook/simulate/model.py ``PodTiming``).
+STARTUP_S = 142.0
 REDECIDE_EVERY = 16     # observations after which a cached decision is recomputed
 
 
