@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bodies  # noqa: E402
+from measure import proc_status  # noqa: E402
 from tests.integration.controlplane import free_port  # noqa: E402
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -73,19 +74,6 @@ def make_tls(d: Path) -> None:
     (d / "tls.crt").write_bytes(leaf.cert_pem)
     (d / "tls.key").write_bytes(leaf.key_pem)
     (d / "tls.key").chmod(0o600)
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS / VmHWM in KiB."""
-    out: dict[str, int] = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0])
-    except OSError:
-        pass
-    return out
 
 
 def proc_cpu_seconds(pid: int) -> float:

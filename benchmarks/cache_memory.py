@@ -35,12 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from measure import mib  # noqa: E402
+
+# Run with the webhook code of the tree measured (PYTHONPATH); ``measure`` comes from this tree's benchmarks/.
 CHILD = r'''
 import asyncio, gc, json, sys, time
-def rss():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
+sys.path.append(sys.argv[3])
+from measure import rss_kib as rss
 async def main(kubeconfig, admission_only):
     from webhook.admission import Brain
     from webhook.controller.reconciler import Controller
@@ -84,7 +85,8 @@ def playground(i: int, ns: str) -> dict[str, Any]:
 
 def measure(root: Path, kubeconfig: Path, admission_only: bool) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(root)}
-    res = subprocess.run([sys.executable, "-c", CHILD, str(kubeconfig), "1" if admission_only else "0"],
+    res = subprocess.run([sys.executable, "-c", CHILD, str(kubeconfig), "1" if admission_only else "0",
+                          str(ROOT / "benchmarks")],
                          cwd=root, env=env, capture_output=True, text=True, timeout=900)
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-3000:])
@@ -154,7 +156,7 @@ def main() -> int:
     print("| variant | RSS before caches | RSS with caches synced | caches | sync |")
     print("|---|---|---|---|---|")
     for name, r in runs.items():
-        print(f"| {name} | {r['rss_before_kb'] / 1024:.1f} MiB | {r['rss_kb'] / 1024:.1f} MiB | "
+        print(f"| {name} | {mib(r['rss_before_kb']):.1f} MiB | {mib(r['rss_kb']):.1f} MiB | "
               f"{r['cached']} | {r['sync_s']} s |")
     print(f"wrote {out}")
     return 0

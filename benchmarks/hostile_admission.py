@@ -18,7 +18,6 @@ import datetime as _dt
 import http.client
 import json
 import ssl
-import statistics
 import sys
 import tempfile
 import threading
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import admission as adm  # noqa: E402
 import bodies  # noqa: E402
 import oldtree  # noqa: E402
+from measure import elapsed_ms, latency_summary, mib, proc_status  # noqa: E402
 
 ANN = "serverless.llmaz.io/"
 
@@ -70,7 +70,7 @@ def hostile_loop(port: int, ctx: ssl.SSLContext, body: bytes, stop: threading.Ev
             r = {"status": 0, "allowed": None, "message": f"{type(exc).__name__}: {exc}"}
             conn.close()
             conn = connect(port, ctx)
-        r["s"] = time.perf_counter() - t
+        r["ms"] = elapsed_ms(t)
         out.append(r)
     conn.close()
 
@@ -85,20 +85,10 @@ def probe(port: int, ctx: ssl.SSLContext, duration: float) -> list[float]:
         t = time.perf_counter()
         r = post(conn, body)
         assert r["status"] == 200 and r["allowed"], r
-        lat.append((time.perf_counter() - t) * 1000)
+        lat.append(elapsed_ms(t))
         time.sleep(0.05)
     conn.close()
     return lat
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return round(s[min(len(s) - 1, int(q * len(s)))], 1)
-
-
-def summary(lat: list[float]) -> dict[str, Any]:
-    return {"n": len(lat), "p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99), "max_ms": round(max(lat), 1),
-            "mean_ms": round(statistics.fmean(lat), 1)}
 
 
 def run_one(label: str, root: Path, workdir: Path, args: argparse.Namespace, ctx: ssl.SSLContext,
@@ -108,20 +98,20 @@ def run_one(label: str, root: Path, workdir: Path, args: argparse.Namespace, ctx
     server.log = workdir / f"{label.split()[0]}.log"
     server.start()
     try:
-        quiet = summary(probe(server.port, ctx, args.quiet))
+        quiet = latency_summary(probe(server.port, ctx, args.quiet))
         stop = threading.Event()
         hostile: list[dict[str, Any]] = []
         threads = [threading.Thread(target=hostile_loop, args=(server.port, ctx, body, stop, hostile), daemon=True)
                    for _ in range(args.hostile)]
-        rss0 = adm.proc_status(server.pid)["VmRSS"]
+        rss0 = proc_status(server.pid)["VmRSS"]
         for t in threads:
             t.start()
         time.sleep(1.0)
-        loaded = summary(probe(server.port, ctx, args.duration))
+        loaded = latency_summary(probe(server.port, ctx, args.duration))
         stop.set()
         for t in threads:
             t.join(120)
-        rss = adm.proc_status(server.pid)
+        rss = proc_status(server.pid)
     finally:
         server.stop()
     answers: dict[str, int] = {}
@@ -129,10 +119,10 @@ def run_one(label: str, root: Path, workdir: Path, args: argparse.Namespace, ctx
         kind = ("allowed" if h["allowed"] else "deadline" if "longer than" in h["message"]
                 else "denied" if h["allowed"] is False else "transport error")
         answers[kind] = answers.get(kind, 0) + 1
-    hs = [h["s"] * 1000 for h in hostile]
+    hs = [h["ms"] for h in hostile]
     return {"server": label, "quiet": quiet, "with_hostile": loaded, "hostile_senders": args.hostile,
-            "hostile_answers": answers, "hostile_latency": summary(hs) if hs else None,
-            "rss_before_hostile_mb": round(rss0 / 1024, 1), "rss_hwm_mb": round(rss.get("VmHWM", 0) / 1024, 1)}
+            "hostile_answers": answers, "hostile_latency": latency_summary(hs) if hs else None,
+            "rss_before_hostile_mb": mib(rss0), "rss_hwm_mb": mib(rss.get("VmHWM", 0))}
 
 
 def report(runs: list[dict[str, Any]]) -> str:

@@ -24,7 +24,6 @@ import json
 import ssl
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -37,24 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import admission as adm  # noqa: E402
 import bodies  # noqa: E402
 import oldtree  # noqa: E402
-
-
-class Sampler(threading.Thread):
-    """RSS of a process every ``period`` seconds, in a thread (the client loop is busy)."""
-
-    def __init__(self, pid: int, period: float = 0.25) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.period = pid, period
-        self.samples: list[tuple[float, int]] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        t0 = time.monotonic()
-        while not self.stop.is_set():
-            rss = adm.proc_status(self.pid).get("VmRSS")
-            if rss:
-                self.samples.append((time.monotonic() - t0, rss))
-            time.sleep(self.period)
+from measure import Sampler, descendants, elapsed_ms, mib, rss_kib  # noqa: E402
 
 
 async def hang(port: int, ctx: ssl.SSLContext, kind: str, t0: float, watch: float) -> dict[str, Any]:
@@ -85,23 +67,9 @@ async def hang(port: int, ctx: ssl.SSLContext, kind: str, t0: float, watch: floa
     return out
 
 
-def descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            for task in Path(f"/proc/{p}/task").iterdir():
-                kids = [int(k) for k in (task / "children").read_text().split()]
-                out += kids
-                todo += kids
-        except OSError:
-            pass
-    return out
-
-
 def helpers_rss_mb(pid: int) -> float:
     """RSS of the server's helper processes (the admission worker and its forkserver), summed."""
-    return round(sum(adm.proc_status(k).get("VmRSS", 0) for k in descendants(pid)) / 1024, 1)
+    return mib(sum(rss_kib(k) for k in descendants(pid)))
 
 
 def one_admission(port: int, ctx: ssl.SSLContext) -> dict[str, Any]:
@@ -114,8 +82,8 @@ def one_admission(port: int, ctx: ssl.SSLContext) -> dict[str, Any]:
             status = r.status
             allowed = json.loads(r.read())["response"]["allowed"]
     except Exception as exc:  # noqa: BLE001 - the figure is whether it worked
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:200], "ms": round((time.perf_counter() - t) * 1000, 1)}
-    return {"ok": status == 200 and allowed, "ms": round((time.perf_counter() - t) * 1000, 1)}
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:200], "ms": round(elapsed_ms(t), 1)}
+    return {"ok": status == 200 and allowed, "ms": round(elapsed_ms(t), 1)}
 
 
 async def flood(port: int, ctx: ssl.SSLContext, n: int, watch: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -134,12 +102,12 @@ def run_one(label: str, root: Path, workdir: Path, args: argparse.Namespace, ctx
     server.start()
     try:
         time.sleep(1.0)
-        before = adm.proc_status(server.pid)["VmRSS"]
+        before = rss_kib(server.pid)
         helpers = helpers_rss_mb(server.pid)
         sampler = Sampler(server.pid)
         sampler.start()
         results, legit = asyncio.run(flood(server.port, ctx, args.clients, args.watch))
-        after_watch = adm.proc_status(server.pid)["VmRSS"]
+        after_watch = rss_kib(server.pid)
         sampler.stop.set()
         sampler.join()
     finally:
@@ -154,9 +122,8 @@ def run_one(label: str, root: Path, workdir: Path, args: argparse.Namespace, ctx
                          "closed": len(times), "last_closed_s": round(times[-1], 1) if times else None}
     return {
         "server": label, "root": str(root), "clients": args.clients, "watch_s": args.watch,
-        "rss_before_mb": round(before / 1024, 1), "rss_peak_mb": round(peak / 1024, 1),
-        "rss_growth_peak_mb": round((peak - before) / 1024, 1),
-        "rss_after_watch_mb": round(after_watch / 1024, 1), "helper_processes_rss_mb": helpers,
+        "rss_before_mb": mib(before), "rss_peak_mb": mib(peak), "rss_growth_peak_mb": mib(peak - before),
+        "rss_after_watch_mb": mib(after_watch), "helper_processes_rss_mb": helpers,
         "closed": len(closed), "closed_within_30s": sum(1 for c in closed if c <= 30),
         "last_closed_s": round(closed[-1], 1) if closed else None,
         "by_kind": by_kind, "admission_during_flood": legit,

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from admission import (LOADGEN_CORE, RESULTS_DIR, Ours, machine, make_tls, pinned,  # noqa: E402
-                       proc_cpu_seconds, proc_status)
+                       proc_cpu_seconds)
+from measure import proc_status  # noqa: E402
 
 
 def main() -> int:

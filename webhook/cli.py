@@ -3,7 +3,7 @@
 Subcommands are registered by the module that owns them, so the CLI stays a thin dispatcher:
 
 - ``preview``  (webhook.preview)  what the webhook would do to a manifest, offline
-- ``serve``    (webhook.server)   run the admission webhook (and the reconciler)
+- ``serve``    (webhook.serve)    run the admission webhook (and the reconciler)
 - ``check``    (webhook.check)    preflight: is the cluster ready, is every managed workload safe
 - ``certs``    (certs.cli)        create development certificates
 - ``simulate``, ``recommend`` (webhook.simulate.cli)  replay a trace offline; the cheapest settings for an
@@ -22,7 +22,7 @@ from . import __version__
 
 SUBCOMMANDS = (
     ("preview", "webhook.preview"),
-    ("serve", "webhook.server"),
+    ("serve", "webhook.serve"),
     ("check", "webhook.check"),
     ("certs", "certs.cli"),
     ("simulate, recommend", "webhook.simulate.cli"),   # one module, two subcommands

@@ -493,7 +493,7 @@ async def test_watches_recover_after_apiserver_restart(start_controller, akube, 
     assert all(inf.synced.is_set() for inf in r.ctl.informers)     # ... and came back
 
 
-# The least-privilege rules listed in webhook/reconciler.py's docstring (the chart must grant at least these).
+# The least-privilege rules listed in webhook/controller/reconciler.py's docstring (the chart must grant at least these).
 CLUSTER_RULES = [
     {"apiGroups": ["inference.llmaz.io"], "resources": ["playgrounds", "services"],
      "verbs": ["get", "list", "watch", "patch"]},

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import pytest
 from kubernetes import client
@@ -26,7 +25,8 @@ from kubernetes.client.rest import ApiException
 
 from tests.integration.test_serve_e2e import NS, service_namespace, wait_for  # noqa: F401 - fixture
 from tests.integration.test_webhook_admission import apply_configurations, delete_configurations
-from tests.integration.webhook_harness import ROOT, free_port, shipped_webhook_configurations, stop_process_group
+from tests.integration.webhook_harness import (ROOT, free_port, serve_ready, shipped_webhook_configurations,
+                                               stop_process_group)
 from webhook import constants as C
 from webhook.kube import LEASES, Kube
 from webhook.leader_thread import ThreadedElector
@@ -37,17 +37,6 @@ def _start(args: list[str], log_path, pod: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "webhook", "serve", *args], cwd=ROOT, stdout=log,
                                 stderr=subprocess.STDOUT, env={**os.environ, "POD_NAMESPACE": NS, "POD_NAME": pod},
                                 start_new_session=True)
-
-
-def _ready(proc: subprocess.Popen, metrics_port: int, log_path) -> bool:
-    assert proc.poll() is None, log_path.read_text()[-4000:]
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=1) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 
 
 @pytest.fixture
@@ -71,8 +60,8 @@ def split(control_plane, kube, service_namespace, tmp_path):  # noqa: F811 - pyt
     controller = _start([*common, "--role", "controller", "--leader-election", "--metrics-port",
                          str(controller_metrics), "--resync", "60"], controller_log, "roles-controller")
     try:
-        wait_for(lambda: _ready(admission, admission_metrics, admission_log), 60, "the admission process")
-        wait_for(lambda: _ready(controller, controller_metrics, controller_log), 60, "the controller process")
+        wait_for(lambda: serve_ready(admission, admission_metrics, admission_log), 60, "the admission process")
+        wait_for(lambda: serve_ready(controller, controller_metrics, controller_log), 60, "the controller process")
         yield admission, controller, (admission_log, controller_log)
     finally:
         stop_process_group(controller)

@@ -18,7 +18,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.integration.webhook_harness import ROOT, free_port, shipped_webhook_configurations, stop_process_group
+from tests.integration.webhook_harness import (ROOT, free_port, serve_ready, shipped_webhook_configurations,
+                                               stop_process_group)
 from tests.integration.test_webhook_admission import apply_configurations, delete_configurations
 from webhook import constants as C
 
@@ -84,16 +85,9 @@ def served(control_plane, kube, service_namespace, tmp_path):
                                 env={**os.environ, "POD_NAMESPACE": NS, "POD_NAME": "e2e-0"},
                                 start_new_session=True)
     try:
-        def ready():
-            assert proc.poll() is None, log_path.read_text()[-4000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=1) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
         t0 = time.monotonic()
-        wait_for(ready, 60, "readiness (cert issued, caBundle injected, policy read)")
+        wait_for(lambda: serve_ready(proc, metrics_port, log_path), 60,
+                 "readiness (cert issued, caBundle injected, policy read)")
         yield proc, metrics_port, time.monotonic() - t0, log_path
     finally:
         stop_process_group(proc)

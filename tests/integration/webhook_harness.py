@@ -87,12 +87,8 @@ class WebhookProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"webhook exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
+            if readyz(self.metrics_port):
+                return
             time.sleep(0.1)
         raise RuntimeError(f"webhook not ready after {timeout}s:\n{self.log_path.read_text()[-3000:]}")
 
@@ -100,6 +96,22 @@ class WebhookProcess:
         if self.proc:
             stop_process_group(self.proc, grace=15)
         self.proc = None
+
+
+def readyz(metrics_port: int) -> bool:
+    """True when the ``serve`` whose probe port is ``metrics_port`` answers ``/readyz`` with 200."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=1) as r:
+            return r.status == 200
+    except OSError:   # not listening yet, or 503 (not ready)
+        return False
+
+
+def serve_ready(proc: subprocess.Popen, metrics_port: int, log_path: Path) -> bool:
+    """A predicate for ``wait_for``: the ``serve`` process is ready; one that exited fails the test at once,
+    with the tail of its log, instead of after the whole timeout."""
+    assert proc.poll() is None, log_path.read_text()[-4000:]
+    return readyz(metrics_port)
 
 
 def stop_process_group(proc: subprocess.Popen, grace: float = 20) -> None:

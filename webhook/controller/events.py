@@ -9,6 +9,19 @@ from ..kube import ApiError, Kube
 
 log = logging.getLogger("llmaz_serverless.events")
 
+# The reasons of the Events the reconciler emits (``kubectl get events --field-selector reason=...``).
+EVENT_ATTACHED = "Attached"
+EVENT_UPDATED = "Updated"
+EVENT_REMOVED = "Removed"
+EVENT_REJECTED = "Rejected"
+EVENT_POLICY_INVALID = "PolicyInvalid"
+EVENT_HPA_REPLACED = "HPAReplaced"
+EVENT_PREREQUISITE_MISSING = "PrerequisiteMissing"
+EVENT_SCALED_FROM_ZERO = "ScaledUpFromZero"
+EVENT_QUARANTINED = "Quarantined"
+EVENT_LEARNED = "Learned"
+EVENT_LEARNED_STATE_INVALID = "LearnedStateInvalid"
+
 
 class EventRecorder:
     """Kubernetes Events about workloads, with identical consecutive events per object suppressed."""

@@ -13,21 +13,10 @@ What "managed" means (all must hold):
 3. it is not a Service owned by a Playground (the Playground is the scale target);
 4. ``desired_objects`` builds a ScaledObject for it.
 
-Managed: the ScaledObject (and, with an ``http`` trigger, the InterceptorRoute) is server-side applied
-(field manager ``llmaz-serverless``, forced) with a controller ownerReference to the workload, so the
-garbage collector removes them with the workload. An InterceptorRoute of ours is deleted when ``http`` is
-no longer a trigger. The apply is skipped when the live object already matches: every field we set is
-present with our value, and the set of fields our field manager owns equals the set we would apply (so a
-field we stopped setting, or a field someone else took over, is noticed). In steady state the reconciler
-makes no writes at all.
-
-Not managed any more (opted out, namespace label removed, ...): our KEDA objects of that workload (only
-objects labelled ``app.kubernetes.io/managed-by=llmaz-serverless`` *and* naming this workload) are
-deleted. **Never stranded at zero**: KEDA may have scaled the workload to 0; without a ScaledObject
-nothing would ever wake it again. So before deleting our ScaledObject, a workload whose ``spec.replicas``
-is 0 is set to ``max(1, minReplicaCount of that ScaledObject)``. (Only when *we* remove a ScaledObject:
-a workload that someone scaled to 0 while we never managed it is left alone. A Service owned by a
-Playground is never patched: the Playground drives its replicas.)
+What it writes (``controller.writes``): a managed workload gets our ScaledObject (and, with an ``http``
+trigger, InterceptorRoute), owned by it and applied only when it differs; a workload no longer managed
+loses ours, never left stranded at zero; an object of our name that is not ours is never taken over;
+llmaz's own HPA (``spec.elasticConfig``) is handed over to KEDA.
 
 Invalid settings on an existing workload (``Denied``, e.g. someone edited a bad annotation while the
 webhook was down or set to Ignore, or rules tightened by an upgrade refuse what was once admitted): a
@@ -36,22 +25,6 @@ the existing KEDA objects are left **untouched**. A running workload keeps autos
 settings instead of being broken by a typo; the Event, the quarantine metric and ``check`` tell the user
 and the admin. A build that *raises* (input nobody foresaw) is quarantined the same way with the Event
 ``Quarantined``, never retried in a loop and never allowed to stop the workers.
-
-A ScaledObject / InterceptorRoute of the same name that is *not* ours (no managed-by label) is never
-taken over: Event ``Rejected``, nothing applied.
-
-llmaz's own HPA: with ``spec.elasticConfig`` llmaz creates an HPA named after the Playground, owned by it,
-targeting the Playground. Two HPAs on one target fight (and KEDA's webhook refuses the ScaledObject). If
-such an HPA exists (the Playground was created before this webhook, or while it was down), the
-reconciler converts ``elasticConfig`` into our annotations exactly as the mutating webhook does
-(``maxReplicas`` -> max-replicas, ...), removes ``elasticConfig`` with a JSON patch (so llmaz stops managing
-its HPA; llmaz only creates/patches it while ``elasticConfig`` is set and never deletes it), deletes that
-HPA and then attaches KEDA, with an Event ``HPAReplaced``. An HPA owned by the Playground without
-``elasticConfig`` is such a leftover and is deleted the same way. The alternative, KEDA's
-``scaledobject.keda.sh/transfer-hpa-ownership``, was rejected: llmaz would keep re-applying its HPA from
-``elasticConfig`` (server-side apply, field manager ``llmaz``) and fight KEDA over it. The conversion is
-only done when the converted workload is valid (else ``Rejected``, nothing touched). An HPA on the target
-that belongs to neither llmaz nor KEDA is not deleted: Event ``Rejected`` and no ScaledObject.
 
 Leadership: informers (and so the webhook's OpenModel catalog and policy) run on every replica; the
 workers that write run only on the replica holding the Lease (``leader.LeaderElector``).
@@ -72,7 +45,6 @@ RBAC this needs (the chart must grant it):
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
 import logging
 import random
 import time
@@ -80,50 +52,37 @@ from typing import Any, Awaitable
 
 from .. import constants as C
 from ..errors import Denied
-from ..keda import Desired, desired_objects
-from ..mutation import spec_replicas
+from ..keda import desired_objects
 from ..kube import (CONFIGMAPS, HPAS, INTERCEPTORROUTES, NAMESPACES, OPENMODELS, PLAYGROUNDS, SCALEDOBJECTS,
-                    SERVICES, WORKLOAD_RESOURCES, ApiError, Conflict, Kube, NotFound, Resource)
+                    SERVICES, WORKLOAD_RESOURCES, ApiError, Kube, NotFound)
 from ..leader import DEFAULT_LEASE_NAME, default_identity
 from ..leader_thread import ThreadedElector
 from ..policy_source import PolicySource
 from ..settings import opted_out, owned_by_playground
 from ..prerequisites import HTTP_ADDON, KEDA
 from .discovery import APIDiscovery
-from .events import EventRecorder
-from .kedastatus import DEFAULT_BOUND, REASON_READY, judge
+from .events import EVENT_POLICY_INVALID, EVENT_QUARANTINED, EVENT_REJECTED, EventRecorder
+from .kedastatus import DEFAULT_BOUND
 from . import learning
+from .learned import LearnedKeepAlive
 from .informer import Informer, obj_key, sleep_or_stop, wait_any
 from .metrics import reconciler_metrics
 from .quarantine import DENIED, FAILED, Quarantine
-from .objects import (Key, classify_hpas, convert_elastic_config, describe, hpa_target_key, is_ours_for, is_stub,
-                      live_matches, namespace_enabled, namespace_terminating, restore_replicas, slim_hpa,
-                      slim_model, slim_namespace, slim_owned, slim_workload, stub_workload,
-                      workload_key_of_owned)
+from .objects import (Key, classify_hpas, convert_elastic_config, hpa_target_key, is_ours_for, is_stub,
+                      namespace_enabled, namespace_terminating, slim_hpa, slim_model, slim_namespace, slim_owned,
+                      slim_workload, stub_workload, workload_key_of_owned)
 from .workqueue import WorkQueue
+from .writes import Writes
 
 log = logging.getLogger("llmaz_serverless.reconciler")
 
 MANAGED_SELECTOR = f"{C.LABEL_MANAGED_BY}={C.MANAGED_BY}"
-EVENT_ATTACHED = "Attached"
-EVENT_UPDATED = "Updated"
-EVENT_REMOVED = "Removed"
-EVENT_REJECTED = "Rejected"
-EVENT_POLICY_INVALID = "PolicyInvalid"
-EVENT_HPA_REPLACED = "HPAReplaced"
-EVENT_PREREQUISITE_MISSING = "PrerequisiteMissing"
-EVENT_SCALED_FROM_ZERO = "ScaledUpFromZero"
-EVENT_QUARANTINED = "Quarantined"
-EVENT_LEARNED = "Learned"
-EVENT_LEARNED_STATE_INVALID = "LearnedStateInvalid"
 
 
-class ForeignObject(Exception):
-    """An object with our name exists and is not ours."""
-
-
-class Controller:
-    """Informers + work queue + reconcile. ``run_controller`` wires it with leader election."""
+class Controller(Writes, LearnedKeepAlive):
+    """Informers + work queue + reconcile. ``run_controller`` wires it with leader election. What it writes
+    once it has decided is in ``Writes`` (controller.writes), learned keep-alive in ``LearnedKeepAlive``
+    (controller.learned)."""
 
     def __init__(self, kube: Kube, brain: Any, *, namespace: str, policy_configmap: str | None,
                  identity: str | None = None, resync: float = 300.0, workers: int = 4,
@@ -462,6 +421,9 @@ class Controller:
     def _set_managed(self, key: Key, managed: bool) -> None:
         self._track(self.managed, self.metrics.managed_workloads, key, managed)
 
+    def _set_degraded(self, key: Key, degraded: bool) -> None:
+        self._track(self.degraded, self.metrics.degraded_workloads, key, degraded)
+
     def _owned(self, inf: Informer, kind: str, ns: str, obj_name: str, name: str) -> dict[str, Any] | None:
         live = inf.get(ns, obj_name)
         return live if is_ours_for(live, kind, name) else None
@@ -562,286 +524,10 @@ class Controller:
             desired = desired_objects(obj, policy, models, installed)
             if desired.scaled_object is None:
                 return "requeued"
-        settings = desired.analysis.settings
-        if (settings is not None and settings.keep_alive == "learned" and not desired.missing
-                and (desired.scaled_object or {}).get("spec", {}).get("minReplicaCount") == 0):
-            try:
-                obj = await self._learn(key, obj, desired, live_so)
-            except ApiError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - learning must never stop autoscaling
-                self._forget_learning(key)
-                log.exception("reconcile %s: learning failed; the policy settings apply", "/".join(key))
-                await self.recorder.emit(key + ("learned",), obj, EVENT_LEARNED_STATE_INVALID,
-                                         f"keep-alive: learned failed ({type(exc).__name__}); this {kind} uses "
-                                         "its policy settings", "Warning")
-        else:
-            self._forget_learning(key)
-            if C.ANN_LEARNED in ((obj.get("metadata") or {}).get("annotations") or {}):
-                obj = await self._show_learned(key, obj, None)     # no longer learned: nothing to show
+        obj = await self._keep_alive(key, obj, desired, live_so)
         result = await self._manage(key, obj, desired, live_so, live_ir)
         await self._report_keda_status(key, obj)
         return "degraded-" + result if desired.missing else result
-
-    # ------------------------------------------------------------------------------ learned keep-alive
-
-    def _forget_learning(self, key: Key) -> None:
-        if self.learning.pop(key, None) is not None:
-            try:
-                self.metrics.learned_keep_alive.remove(key[1], key[0], key[2])
-            except KeyError:
-                pass
-
-    async def _learn(self, key: Key, obj: dict[str, Any], desired: Desired,
-                     live_so: dict[str, Any] | None) -> dict[str, Any]:
-        """Feed KEDA's lastActiveTime to this workload's learner and put its decision into the ScaledObject
-        about to be applied (``controller.learning``). Returns the workload (with the shown decision)."""
-        kind, ns, name = key
-        assert desired.scaled_object is not None and desired.analysis.settings is not None
-        s = desired.analysis.settings
-        spec = desired.scaled_object["spec"]
-        polling, cooldown = float(spec["pollingInterval"]), float(spec["cooldownPeriod"])
-        live = self.learning.get(key)
-        if live is None:
-            live, error = learning.new_live(live_so, s.cold_start_objective, polling, cooldown, time.time(),
-                                            startup_s=s.startup_s)
-            self.learning[key] = live
-            if error:
-                self.metrics.learned_state_errors.inc()
-                await self.recorder.emit(key + ("learned",), obj, EVENT_LEARNED_STATE_INVALID,
-                                         f"the learned state on ScaledObject {spec['scaleTargetRef']['name']} "
-                                         f"cannot be read ({error}); this {kind} uses its policy settings and "
-                                         "learns afresh", "Warning")
-        live.learner.objective, live.learner.polling_s, live.learner.fallback_s = (
-            s.cold_start_objective, polling, cooldown)
-        live.learner.startup_s = s.startup_s
-        learning.observe(live, learning.last_active(live_so), polling)
-        p = learning.plan(desired.scaled_object, live, time.time(), polling)
-        desired.scaled_object = p.scaled_object
-        live.windows = p.windows
-        if p.recheck_in is not None:
-            self.queue.add_after(key, max(1.0, p.recheck_in))
-        d = p.decision
-        if d.keep_alive_s is None:
-            try:
-                self.metrics.learned_keep_alive.remove(ns, kind, name)
-            except KeyError:
-                pass
-        else:
-            self.metrics.learned_keep_alive.labels(ns, kind, name).set(d.keep_alive_s)
-        shown = learning.decision_key(d)
-        current = ((obj.get("metadata") or {}).get("annotations") or {}).get(C.ANN_LEARNED)
-        if shown == live.shown and current is not None:
-            return obj
-        if shown != live.shown:
-            live.shown = shown
-            self.metrics.learned_decisions.labels(d.mode).inc()
-            await self.recorder.emit(key + ("learned",), obj, EVENT_LEARNED,
-                                     f"keep-alive: learned: {learning.visible(d, p.windows)}")
-        line = d.summary()
-        if current != line:       # written when the decision changes, not when an estimate drifts
-            obj = await self._show_learned(key, obj, line)
-        return obj
-
-    async def _show_learned(self, key: Key, obj: dict[str, Any], line: str | None) -> dict[str, Any]:
-        """Write (or with None remove) the workload's ``serverless.llmaz.io/learned``. Best effort: a refused
-        write (the workload's admission webhook unreachable, ...) never holds up its KEDA objects."""
-        kind, ns, name = key
-        try:
-            updated = await self.kube.patch(WORKLOAD_RESOURCES[kind], name,
-                                            {"metadata": {"annotations": {C.ANN_LEARNED: line}}}, ns)
-        except ApiError as exc:
-            log.warning("reconcile %s: could not write %s: %s", "/".join(key), C.ANN_LEARNED, exc)
-            return obj
-        self.write_count += 1
-        self.workload_informer(kind).put_local(updated)
-        return self.workload_informer(kind).get(ns, name) or obj
-
-    # ------------------------------------------------------------------------------ never stranded at zero
-
-    def _set_degraded(self, key: Key, degraded: bool) -> None:
-        self._track(self.degraded, self.metrics.degraded_workloads, key, degraded)
-
-    async def _hold_above_zero(self, key: Key, obj: dict[str, Any], desired: Desired) -> None:
-        """A managed workload needs an API the cluster does not serve (``webhook.prerequisites``): keep it
-        above zero and say what to install. Whatever part of autoscaling still works is applied as usual."""
-        assert desired.degraded is not None
-        kind = key[0]
-        await self.recorder.emit(key + ("prerequisite",), obj, EVENT_PREREQUISITE_MISSING,
-                                 "; ".join(desired.degraded.reasons), "Warning")
-        floor = desired.degraded.floor
-        if await self._lift_from_zero(key, obj, floor):
-            await self.recorder.emit(key, obj, EVENT_SCALED_FROM_ZERO,
-                                     f"replicas set from 0 to {floor}: nothing installed could wake this {kind} "
-                                     f"up again ({', '.join(desired.missing)} missing)", "Warning")
-
-    async def _detach(self, key: Key, live_so: dict[str, Any] | None, live_ir: dict[str, Any] | None) -> str:
-        """Nothing left for KEDA to do (an http-only workload without the add-on): remove what of ours can no
-        longer do its job. With KEDA itself missing there is nothing to remove."""
-        if live_ir is not None:
-            await self._delete(INTERCEPTORROUTES, self.routes, live_ir)
-        if live_so is not None:
-            await self._delete(SCALEDOBJECTS, self.scaledobjects, live_so)
-        self._set_managed(key, False)
-        return "degraded"
-
-    async def _lift_from_zero(self, key: Key, obj: dict[str, Any], floor: int) -> bool:
-        """Scale the workload to ``floor`` through ``/scale`` (as KEDA does) if it is at 0. True if it was."""
-        kind, ns, name = key
-        cached = spec_replicas(obj)
-        if cached is not None and cached > 0:
-            return False
-        res = WORKLOAD_RESOURCES[kind]
-        scale = await self.kube.request("GET", self.kube.path(res, ns, name, "scale"))
-        current = ((scale or {}).get("spec") or {}).get("replicas") or 0
-        if current > 0:
-            return False
-        await self.kube.patch(res, name, {"spec": {"replicas": floor}}, ns, subresource="scale")
-        self.write_count += 1
-        return True
-
-    # ------------------------------------------------------------------------------ KEDA's own view
-
-    async def _report_keda_status(self, key: Key, obj: dict[str, Any]) -> None:
-        """Turn KEDA's conditions on our ScaledObject into Events on the workload (``kedastatus.judge``)."""
-        kind, ns, name = key
-        so = self._owned(self.scaledobjects, kind, ns, C.scaled_object_name(name), name)
-        verdict = judge(so, _dt.datetime.now(_dt.timezone.utc), self.keda_ready_bound)
-        if verdict.recheck_in:
-            self.queue.add_after(key, verdict.recheck_in)
-        elif verdict.warning:
-            self._keda_warned.add(key)
-            await self.recorder.emit(key + ("keda",), obj, verdict.reason, verdict.message, "Warning")
-        elif verdict.reason == REASON_READY and key in self._keda_warned:
-            self._keda_warned.discard(key)
-            await self.recorder.emit(key + ("keda",), obj, verdict.reason, verdict.message)
-
-    async def _manage(self, key: Key, obj: dict[str, Any], desired: Desired, live_so: dict[str, Any] | None,
-                      live_ir: dict[str, Any] | None) -> str:
-        kind, ns, name = key
-        assert desired.scaled_object is not None
-        try:
-            if desired.interceptor_route is not None:
-                ir_change = await self._ensure(INTERCEPTORROUTES, self.routes, desired.interceptor_route, live_ir,
-                                               kind, name)
-            else:
-                ir_change = None
-                if live_ir is not None:
-                    await self._delete(INTERCEPTORROUTES, self.routes, live_ir)
-                    ir_change = "deleted"
-            so_change = await self._ensure(SCALEDOBJECTS, self.scaledobjects, desired.scaled_object, live_so,
-                                           kind, name)
-        except ForeignObject as exc:
-            await self.recorder.emit(key, obj, EVENT_REJECTED, str(exc), "Warning")
-            return "conflict"
-        except ApiError as exc:
-            if exc.status in (400, 422):   # the API server (a CRD rule, KEDA's webhook) refused our object
-                await self.recorder.emit(key, obj, EVENT_REJECTED,
-                                         f"the API server rejected the KEDA objects: {exc.message or exc}",
-                                         "Warning")
-            raise                          # retried with backoff
-        self._set_managed(key, True)
-        if so_change is None and ir_change is None:
-            return "unchanged"
-        so = desired.scaled_object
-        parts = [f"ScaledObject {so['metadata']['name']}"]
-        if desired.interceptor_route is not None:
-            parts.append(f"InterceptorRoute {desired.interceptor_route['metadata']['name']}")
-        if so_change == "created":
-            await self.recorder.emit(key, obj, EVENT_ATTACHED, f"{' and '.join(parts)} created ({describe(so)})")
-        else:
-            extra = "; InterceptorRoute removed (no http trigger)" if ir_change == "deleted" else ""
-            await self.recorder.emit(key, obj, EVENT_UPDATED, f"{' and '.join(parts)} updated ({describe(so)}){extra}")
-        return "applied"
-
-    async def _ensure(self, res: Resource, inf: Informer, desired: dict[str, Any], live: dict[str, Any] | None,
-                      kind: str, name: str) -> str | None:
-        """Apply ``desired`` unless ``live`` already matches. Returns "created", "updated" or None."""
-        if live is not None and live_matches(desired, live):
-            return None
-        meta = desired["metadata"]
-        try:
-            # Not in our cache: don't force, so a foreign object of the same name shows up as a conflict.
-            result = await self.kube.apply(res, desired, force=live is not None)
-        except Conflict:
-            current = await self.kube.get(res, meta["name"], meta["namespace"])
-            if not is_ours_for(current, kind, name):
-                raise ForeignObject(f"{res.kind} {meta['namespace']}/{meta['name']} already exists and is not "
-                                    f"managed by {C.MANAGED_BY}; delete it, or opt this {kind} out with "
-                                    f"{C.ANN_ENABLED}: \"false\"") from None
-            live = current
-            result = await self.kube.apply(res, desired, force=True)
-        self.write_count += 1
-        inf.put_local(result)
-        return "updated" if live is not None else "created"
-
-    async def _delete(self, res: Resource, inf: Informer, live: dict[str, Any]) -> None:
-        meta = live.get("metadata") or {}
-        try:
-            await self.kube.delete(res, meta["name"], meta.get("namespace"), uid=meta.get("uid"))
-            self.write_count += 1
-        except NotFound:
-            pass
-        except Conflict:
-            pass  # precondition failed: a different object of that name now; the next event re-checks
-        inf.remove_local(meta.get("namespace"), meta["name"])
-
-    async def _unmanage(self, key: Key, obj: dict[str, Any], live_so: dict[str, Any] | None,
-                        live_ir: dict[str, Any] | None, reason: str) -> str:
-        kind, ns, name = key
-        self._set_degraded(key, False)
-        if live_so is None and live_ir is None:
-            self._set_managed(key, False)
-            return "unmanaged"
-        restored = None
-        if live_so is not None and spec_replicas(obj) == 0 and not (
-                kind == C.KIND_SERVICE and owned_by_playground(obj)):
-            restored = restore_replicas(live_so)
-            res = WORKLOAD_RESOURCES[kind]
-            updated = await self.kube.patch(res, name, {"spec": {"replicas": restored}}, ns)
-            self.write_count += 1
-            self.workload_informer(kind).put_local(updated)
-        removed = []
-        if live_ir is not None:
-            await self._delete(INTERCEPTORROUTES, self.routes, live_ir)
-            removed.append(f"InterceptorRoute {name}")
-        if live_so is not None:
-            await self._delete(SCALEDOBJECTS, self.scaledobjects, live_so)
-            removed.append(f"ScaledObject {name}")
-        self._set_managed(key, False)
-        msg = f"{' and '.join(removed)} removed: {reason}"
-        if restored is not None:
-            msg += f"; replicas set from 0 to {restored} so the workload is not stranded at zero"
-        await self.recorder.emit(key, obj, EVENT_REMOVED, msg)
-        return "removed"
-
-    async def _replace_llmaz_hpa(self, key: Key, obj: dict[str, Any], hpas: list[dict[str, Any]],
-                                 patch_ops: list[dict[str, Any]], notes: list[str]) -> dict[str, Any]:
-        kind, ns, name = key
-        res = WORKLOAD_RESOURCES[kind]
-        patched = len(patch_ops) > 1  # more than the resourceVersion test
-        if patched:
-            obj = await self.kube.patch(res, name, patch_ops, ns, patch_type="json")
-            self.write_count += 1
-            self.workload_informer(kind).put_local(obj)
-            obj = self.workload_informer(kind).get(ns, name) or obj
-        names = []
-        for h in hpas:
-            hmeta = h.get("metadata") or {}
-            try:
-                await self.kube.delete(HPAS, hmeta["name"], ns, uid=hmeta.get("uid"))
-                self.write_count += 1
-            except (NotFound, Conflict):
-                pass
-            self._on_hpa("DELETED", None, h)
-            names.append(hmeta["name"])
-        msg = (f"llmaz HorizontalPodAutoscaler {', '.join(names)} deleted"
-               + (" and spec.elasticConfig removed" if patched else "")
-               + f" so that KEDA is the only autoscaler of this {kind}")
-        if notes:
-            msg += "; " + "; ".join(notes)
-        await self.recorder.emit(key, obj, EVENT_HPA_REPLACED, msg)
-        return obj
 
 
 # ============================================================================================ entry point
