@@ -35,8 +35,9 @@ VERSION = 1
 @dataclass(frozen=True)
 class Params:
     """Hyperparameters. Values chosen on the tuning traces named in docs/scaling-report.md (ServeGen
-    ``reason/deepseek-r1`` and ``multimodal/mm-image`` clients; the price bounds, budget span and trust on the
-    tuning half of the Azure Functions day, split by function), never on the traces reported as held out."""
+    ``reason/deepseek-r1`` and ``multimodal/mm-image`` clients; the price bounds, budget span, trust and the
+    unseen idle time's tail on the tuning half of the Azure Functions day, split by function), never on the
+    traces reported as held out."""
 
     half_life_s: float = 3 * 86400.0    # old history fades with this half-life
     min_idle_times: float = 3.0         # fewer (after fading): not enough history, the policy's settings apply
