@@ -61,9 +61,38 @@ def test_periodic_traffic_is_prewarmed_just_before_the_next_request() -> None:
     assert d.keep_alive_s == 60.0                       # scale in right after the request
     start, end = d.prewarm
     assert 1500 < start < 1780 - STARTUP                # loading starts one pod start before the request
-    assert 1800 <= end <= 1920                          # and lapses shortly after it was due
-    # The estimate counts one idle time longer than any seen (a prior that keeps short histories cautious).
+    assert 1800 <= end <= 2 * 1860                      # and lapses by itself, at most twice the longest seen
+    # The estimate counts an idle time longer than any seen (a prior that keeps short histories cautious).
     assert d.share < 0.03
+    # Without the tail the unseen idle time is beyond reach: the window lapses right after it was due.
+    plain = Learner(0.01, STARTUP, POLL, Params(min_price_s=40.0, price_s=900.0, tail_factor=0.0))
+    t = feed(plain, [1800.0 + random.Random(3).uniform(-20, 20) for _ in range(60)])
+    assert 1800 <= plain.decision(t).prewarm[1] <= 1920
+
+
+def test_idle_times_that_keep_growing_get_a_keep_alive_past_the_longest_seen() -> None:
+    # Traffic thinning out: every idle time a little longer than the last. A keep-alive that ends at the
+    # longest idle time seen meets each new one with a cold start; the tail of the unseen idle time is worth
+    # a keep-alive somewhat longer (and the stored state is not touched by it).
+    gaps = [300.0 * 1.03 ** i for i in range(40)]          # 300 s .. about 960 s
+    grown, plain = Learner(0.01, STARTUP, POLL), Learner(0.01, STARTUP, POLL, Params(tail_factor=0.0))
+    t = feed(grown, gaps)
+    feed(plain, gaps)
+    before = json.dumps(grown.state.bins, sort_keys=True)
+    g, p = grown.decision(t), plain.decision(t)
+    assert json.dumps(grown.state.bins, sort_keys=True) == before
+    assert _reach(p) <= 1020                               # the bin of the longest seen, no further
+    assert 1.1 * gaps[-1] <= _reach(g) <= 2 * 1020        # within the tail: longer, bounded
+    assert g.share < p.share
+    # Once an idle time past the histogram was seen, the unseen one is counted there, out of reach.
+    grown.idle_ended(t + 20000.0, 20000.0)
+    grown.requests(t + 20000.0, 1)
+    assert _reach(grown.decision(t + 20005.0)) <= 2 * 1020
+
+
+def _reach(d) -> float:
+    """How long after the last request a replica can be ready: the keep-alive, or a pre-warm window's end."""
+    return d.prewarm[1] if d.prewarm else d.keep_alive_s
 
 
 def test_sparse_unpredictable_traffic_gets_a_short_keep_alive_and_no_prewarm() -> None:
@@ -120,7 +149,8 @@ def test_old_history_fades_when_the_pattern_changes() -> None:
     p = Params(half_life_s=6 * 3600.0, trust_idle_times=3.0, price_s=900.0)
     lr = Learner(0.01, STARTUP, POLL, p)
     t = feed(lr, [1800.0] * 100)                               # two days every 30 min
-    assert lr.decision(t).prewarm[1] <= 1920
+    a, b = lr.decision(t).prewarm
+    assert a < 1800 - STARTUP and 1800 <= b <= 2 * 1860        # at most the tail of an unseen longer one
     t = feed(lr, [3 * 3600.0] * 40, t=t)                        # then every 3 hours, for five days
     d = lr.decision(t)
     assert d.prewarm is not None and d.prewarm[0] > 2 * 3600, d

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from .state import BIN_S, BINS, SLOT_S, SLOTS, Params, State
 
 MAX_CANDIDATES = 48      # per axis; a histogram with more non-empty bins is sampled at its quantiles
+TAIL_PIECES = 8         # the unseen idle time is spread over this many points of the tail
 
 
 @dataclass(frozen=True)
@@ -89,19 +90,41 @@ def decide(s: State, p: Params, t: float, objective: float, startup_s: float, po
     S = startup_s
     lead = S + P + 60.0                       # a pre-warm starts loading this long before it is needed
     R = s.requests
-    oob = s.bins.get(BINS, [0.0, 0.0, 0.0])
+    bins = s.bins
+    oob = bins.get(BINS, [0.0, 0.0, 0.0])
     w_o, h_o = oob[0], oob[1]
-    idx = sorted(i for i in s.bins if i < BINS and s.bins[i][0] > 0)
+    idx = sorted(i for i in bins if i < BINS and bins[i][0] > 0)
     if p.prior_unseen > 0:
         # An idle time longer than any seen so far, counted ``prior_unseen`` times, with the head of the
-        # longest ones seen: short histories stay cautious, long ones barely notice it.
-        top = s.bins[BINS] if BINS in s.bins and s.bins[BINS][0] > 0 else s.bins[idx[-1]] if idx else None
+        # longest ones seen: short histories stay cautious, long ones barely notice it. Until an idle time
+        # past the histogram has been seen, the unseen one is spread log-uniformly from the longest seen to
+        # ``tail_factor`` times it (the rest beyond reach): idle times that keep growing a little (traffic
+        # thinning out over the day) are then worth a keep-alive a little longer than any seen, where a
+        # keep-alive ending at the longest seen meets each new one with a cold start.
+        top = bins[BINS] if BINS in bins and bins[BINS][0] > 0 else bins[idx[-1]] if idx else None
         head = top[1] / top[0] if top else 1.0
-        w_o += p.prior_unseen * fade
-        h_o += p.prior_unseen * fade * head
+        u = p.prior_unseen * fade
+        if p.tail_factor > 1.0 and w_o <= 0:
+            bins = {i: list(v) for i, v in s.bins.items()}      # a copy: the stored state stays observed only
+            x0 = (idx[-1] + 1) * BIN_S if idx else c0
+            for j in range(TAIL_PIECES):
+                x = x0 * p.tail_factor ** ((j + 0.5) / TAIL_PIECES)
+                i = min(int(x // BIN_S), BINS)
+                if i >= BINS:
+                    w_o += u / TAIL_PIECES
+                    h_o += u / TAIL_PIECES * head
+                else:
+                    v = bins.setdefault(i, [0.0, 0.0, 0.0])
+                    v[0] += u / TAIL_PIECES
+                    v[1] += u / TAIL_PIECES * head
+                    v[2] += u / TAIL_PIECES * x
+            idx = sorted(i for i in bins if i < BINS and bins[i][0] > 0)
+        else:
+            w_o += u
+            h_o += u * head
     pw, ph, pg = [0.0], [0.0], [0.0]
     for i in idx:
-        v = s.bins[i]
+        v = bins[i]
         pw.append(pw[-1] + v[0])
         ph.append(ph[-1] + v[1])
         pg.append(pg[-1] + v[2])

@@ -35,17 +35,19 @@ VERSION = 1
 @dataclass(frozen=True)
 class Params:
     """Hyperparameters. Values chosen on the tuning traces named in docs/scaling-report.md (ServeGen
-    ``reason/deepseek-r1`` and ``multimodal/mm-image`` clients; the price bounds, budget span and trust on the
-    tuning half of the Azure Functions day, split by function), never on the traces reported as held out."""
+    ``reason/deepseek-r1`` and ``multimodal/mm-image`` clients; the price bounds, budget span, trust and the
+    unseen idle time's tail on the tuning half of the Azure Functions day, split by function), never on the
+    traces reported as held out."""
 
     half_life_s: float = 3 * 86400.0    # old history fades with this half-life
     min_idle_times: float = 3.0         # fewer (after fading): not enough history, the policy's settings apply
     trust_idle_times: float = 10.0      # fewer: the policy's keep-alive may be lengthened, not shortened
     min_keep_alive_s: float = 60.0      # the shortest keep-alive the learner sets (one bin)
     max_keep_alive_s: float = BINS * BIN_S
-    prior_unseen: float = 1.0          # pseudo-count of an idle time longer than any seen (see ``decide``)
+    prior_unseen: float = 2.0          # pseudo-count of an idle time longer than any seen (see ``decide``)
+    tail_factor: float = 2.0            # ... spread up to this multiple of the longest seen (<= 1: beyond reach)
     min_price_s: float = 300.0          # GPU-seconds always worth spending to spare one request a cold start
-    price_s: float = 1800.0             # ... and the most ever spent on that to meet the objective
+    price_s: float = 1500.0             # ... and the most ever spent on that to meet the objective
     min_prewarm_hit: float = 0.5       # a pre-warm window must catch at least this share of the idle times reaching it
     long_idle_s: float = BINS * BIN_S   # idle times past the histogram count as wake-ups for the daily profile
     daily_min_share: float = 0.6        # a half hour with a wake-up on at least this share of days is pre-warmed
