@@ -49,6 +49,8 @@ def main() -> int:
     ap.add_argument("--format", default="auto")
     ap.add_argument("--model-load", type=float, default=120.0)
     ap.add_argument("--start", default="warm", choices=STARTS)
+    ap.add_argument("--warm-up", type=float, default=0.0,
+                    help="hours replayed before scoring starts (every configuration; the learner learns from them)")
     ap.add_argument("--objective", type=float, default=1.0, help="cold-start share objective, in %%")
     ap.add_argument("--param", action="append", default=[], help="learner hyperparameter override, name=value")
     ap.add_argument("--skip-uniform", action="store_true", help="only the baselines and the learner")
@@ -65,7 +67,7 @@ def main() -> int:
             models.put(d)
     policy = Policy.default()
     timing = PodTiming(model_load_s=args.model_load)
-    replay = Replay(start=args.start)
+    replay = Replay(start=args.start, warm_up_s=args.warm_up * 3600.0)
     t0, w0 = time.process_time(), time.time()
     traces = load(args.trace, args.format, 1)
     if args.only:
@@ -98,7 +100,7 @@ def main() -> int:
         for h in ("tune", "held-out"):
             subsets[h] = [i for i, tr in enumerate(traces) if half(tr.name) == h]
     print(f"{args.trace}: {len(traces)} workloads, {sum(t.requests for t in traces):,} requests, model load "
-          f"{args.model_load:g}s, start {args.start}; read {read_s:.1f}s CPU")
+          f"{args.model_load:g}s, start {args.start}, scored after {args.warm_up:g} h; read {read_s:.1f}s CPU")
     report = {sub: table(names, per, ix, uniform, cpu, args.objective / 100, sub, traces)
               for sub, ix in subsets.items()}
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
@@ -107,7 +109,7 @@ def main() -> int:
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump({"trace": args.trace, "model_load_s": args.model_load, "start": args.start,
-                       "objective": args.objective / 100, "params": params.__dict__,
+                       "warm_up_h": args.warm_up, "objective": args.objective / 100, "params": params.__dict__,
                        "best_uniform": report["all"][0], "only": args.only,
                        "split": f"sha256('{SPLIT_SALT}:<workload>')[0] even: tune, odd: held-out",
                        "read_cpu_s": round(read_s, 1), "max_rss_mib": rss, "rows": report["all"][1],
