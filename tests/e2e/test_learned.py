@@ -49,7 +49,7 @@ def test_learned_keep_alive_keeps_a_periodic_workload_warm(stack: LiveStack):
             restart_ours(stack)
             gauge = (f'llmaz_serverless_learned_keep_alive_seconds{{kind="Playground",name="{name}",'
                      f'namespace="{ns}"}} {float(learned)}')
-            wait_for(lambda: gauge in stack.metrics_text(), 20,
+            wait_for(lambda: gauge in stack.metrics_text(), 45,
                      f"the restarted service to decide {learned} s again, from the stored state alone")
         time.sleep(max(0.0, PERIOD - (time.monotonic() - t0)))
     assert all(a.status == 200 for a in answers), [(a.status, a.error) for a in answers]
@@ -111,7 +111,7 @@ def test_prewarm_window_lapses_by_itself_when_llmaz_serverless_is_killed(stack: 
         pg = custom.get_namespaced_custom_object("inference.llmaz.io", "v1alpha1", ns, "playgrounds", name)
         return (pg["metadata"].get("annotations") or {}).get(C.ANN_LEARNED, "")
 
-    line = wait_for(lambda: learned() if "pre-warm" in learned() else None, 30, "the stored history read back")
+    line = wait_for(lambda: learned() if "pre-warm" in learned() else None, 45, "the stored history read back")
     assert line.startswith("keep-alive 60s, pre-warm 175-300s after the last request"), line
 
     answer = chat(f"{name}.{ns}", timeout=120)
