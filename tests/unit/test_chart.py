@@ -211,7 +211,8 @@ WEBHOOK_SA, CONTROLLER_SA = "llmaz-serverless", "llmaz-serverless-controller"
 RBAC_CASES = {
     "separate": ([], {WEBHOOK_SA: (CACHES, CERTIFICATES), CONTROLLER_SA: (CACHES, RECONCILER)}),
     "all": (["--set", "controller.separate=false"], {WEBHOOK_SA: (CACHES, CERTIFICATES, RECONCILER)}),
-    "cert-manager": (["--set", "certManager.enabled=true"], {WEBHOOK_SA: (CACHES,), CONTROLLER_SA: (CACHES, RECONCILER)}),
+    "cert-manager": (["--set", "certManager.enabled=true"],
+                     {WEBHOOK_SA: (CACHES,), CONTROLLER_SA: (CACHES, RECONCILER)}),
     "all-cert-manager": (["--set", "controller.separate=false", "--set", "certManager.enabled=true"],
                          {WEBHOOK_SA: (CACHES, RECONCILER)}),
 }
