@@ -6,13 +6,15 @@
    cert-manager kinds, which have no CRD in the test cluster, are skipped, and the test asserts
    exactly which ones were.
 2. The committed ``deploy/manifests/llmaz-serverless.yaml`` is applied for real, so the chart's
-   RBAC exists. Impersonating the chart's ServiceAccount, the self-managed ``CertManager`` creates the
+   RBAC exists. Impersonating the webhook's ServiceAccount, the self-managed ``CertManager`` creates the
    CA Secret, injects the bundle into both webhook configurations, rotates the CA, and is ready; the
-   same operations are refused (403) for a ServiceAccount without the bindings, and for the chart's
+   same operations are refused (403) for a ServiceAccount without the bindings, and for the webhook's
    ServiceAccount on objects outside the names it was granted.
-3. The reconciler runs impersonating the chart's ServiceAccount with leader election: a Playground in
-   an opted-in namespace gets its ScaledObject and InterceptorRoute, an Event and a Lease, and not a
+3. The reconciler runs impersonating the controller's ServiceAccount with leader election: a Playground
+   in an opted-in namespace gets its ScaledObject and InterceptorRoute, an Event and a Lease, and not a
    single request of the controller was refused (a 401/403 fails the test).
+
+What each component's ServiceAccount may and may not do, call by call: test_deploy_rbac.py.
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ CACHE = Path(os.environ.get("LLMAZ_SERVERLESS_CACHE", Path.home() / ".cache" / "
 
 RELEASE = "llmaz-serverless"
 NS = "llmaz-serverless-system"
-SA_NAME = "llmaz-serverless"
+SA_NAME = "llmaz-serverless"                      # the webhook pods (serve --role admission)
 SA_USER = f"system:serviceaccount:{NS}:{SA_NAME}"
+CONTROLLER_SA_NAME = "llmaz-serverless-controller"  # the reconciler pods (serve --role controller)
+CONTROLLER_SA_USER = f"system:serviceaccount:{NS}:{CONTROLLER_SA_NAME}"
 SA_GROUPS = ("system:serviceaccounts", f"system:serviceaccounts:{NS}", "system:authenticated")
 WEBHOOK_CONFIG = "llmaz-serverless"
 CA_SECRET = "llmaz-serverless-ca"
@@ -262,8 +266,8 @@ def test_chart_objects_pass_server_side_apply_dry_run(api, mapper, values):
     assert sorted(skipped) == EXPECTED_SKIPPED[values]
     kinds = collections.Counter(o["kind"] for o in applied)
     assert kinds == collections.Counter({
-        "ServiceAccount": 1, "ConfigMap": 1, "ClusterRole": 1, "ClusterRoleBinding": 1, "Role": 1,
-        "RoleBinding": 1, "Service": 1, "Deployment": 2, "PodDisruptionBudget": 1, "NetworkPolicy": 2,
+        "ServiceAccount": 2, "ConfigMap": 1, "ClusterRole": 2, "ClusterRoleBinding": 2, "Role": 2,
+        "RoleBinding": 2, "Service": 1, "Deployment": 2, "PodDisruptionBudget": 1, "NetworkPolicy": 2,
         "MutatingWebhookConfiguration": 1, "ValidatingWebhookConfiguration": 1,
     }), kinds
     # Namespaced objects landed in the release namespace, and the values reached the server's view.
@@ -315,27 +319,31 @@ def installed(api, mapper, control_plane):
 
 
 def test_manifest_pods_are_admitted_under_restricted_pod_security(installed, api):
-    """The Deployment's ReplicaSet creates its pods (no kubelet runs them): the pod spec passes the
-    "restricted" Pod Security enforcement of the release namespace and the ServiceAccount admission."""
-    deploy = next(d for d in installed if d["kind"] == "Deployment")
-    want = deploy["spec"]["replicas"]
-    selector = ",".join(f"{k}={v}" for k, v in deploy["spec"]["selector"]["matchLabels"].items())
-    deadline = time.monotonic() + 30
-    while True:
-        status, body, _ = api("GET", f"/api/v1/namespaces/{NS}/pods?labelSelector={selector}")
-        assert status == 200, body
-        pods = body["items"]
-        if len(pods) >= want:
-            break
-        if time.monotonic() > deadline:
-            _, rs, _ = api("GET", f"/apis/apps/v1/namespaces/{NS}/replicasets?labelSelector={selector}")
-            _, events, _ = api("GET", f"/api/v1/namespaces/{NS}/events")
-            msgs = [f"{e['reason']}: {e['message']}" for e in events["items"]]
-            pytest.fail(f"{len(pods)}/{want} pods created; replicasets: "
-                        f"{[r.get('status') for r in rs['items']]}; events: {msgs}")
-        time.sleep(0.2)
-    for pod in pods:
-        assert pod["spec"]["serviceAccountName"] == SA_NAME
+    """Each Deployment's ReplicaSet creates its pods (no kubelet runs them): the pod spec passes the
+    "restricted" Pod Security enforcement of the release namespace and the ServiceAccount admission, and
+    the pods run as their component's own ServiceAccount."""
+    deployments = [d for d in installed if d["kind"] == "Deployment"]
+    want_sa = {RELEASE: SA_NAME, "llmaz-serverless-controller": CONTROLLER_SA_NAME}
+    assert sorted(d["metadata"]["name"] for d in deployments) == sorted(want_sa)
+    for deploy in deployments:
+        want = deploy["spec"]["replicas"]
+        selector = ",".join(f"{k}={v}" for k, v in deploy["spec"]["selector"]["matchLabels"].items())
+        deadline = time.monotonic() + 30
+        while True:
+            status, body, _ = api("GET", f"/api/v1/namespaces/{NS}/pods?labelSelector={selector}")
+            assert status == 200, body
+            pods = body["items"]
+            if len(pods) >= want:
+                break
+            if time.monotonic() > deadline:
+                _, rs, _ = api("GET", f"/apis/apps/v1/namespaces/{NS}/replicasets?labelSelector={selector}")
+                _, events, _ = api("GET", f"/api/v1/namespaces/{NS}/events")
+                msgs = [f"{e['reason']}: {e['message']}" for e in events["items"]]
+                pytest.fail(f"{deploy['metadata']['name']}: {len(pods)}/{want} pods created; replicasets: "
+                            f"{[r.get('status') for r in rs['items']]}; events: {msgs}")
+            time.sleep(0.2)
+        for pod in pods:
+            assert pod["spec"]["serviceAccountName"] == want_sa[deploy["metadata"]["name"]]
 
 
 def test_impersonation_yields_the_service_account_identity(installed, api):
@@ -517,7 +525,7 @@ OPT_IN = {C.NAMESPACE_LABEL: "true"}
 
 
 class RecordingKube(Kube):
-    """The reconciler's client, impersonating the chart's ServiceAccount, that remembers every refused
+    """The reconciler's client, impersonating a chart's ServiceAccount, that remembers every refused
     request. The controller retries a 403 (informers) or logs it (events), so only this record makes
     a missing permission fail the test."""
 
@@ -576,12 +584,12 @@ async def events_for(kube: Kube, ns: str, name: str, reason: str) -> list[dict[s
 
 
 class ChartController:
-    """``run_controller`` as the chart deploys it: the chart's ServiceAccount, the release namespace
+    """``run_controller`` as the chart deploys it: the controller's ServiceAccount, the release namespace
     (Lease, policy ConfigMap), leader election on."""
 
     def __init__(self, control_plane, identity: str) -> None:
         config = KubeConfig.from_kubeconfig(control_plane.kubeconfig)
-        self.kube = RecordingKube(config, impersonate_user=SA_USER, impersonate_groups=SA_GROUPS)
+        self.kube = RecordingKube(config, impersonate_user=CONTROLLER_SA_USER, impersonate_groups=SA_GROUPS)
         self.identity = identity
         self.stop = asyncio.Event()
         self.brain = Brain()

@@ -24,7 +24,7 @@ from webhook.controller.reconciler import Controller, run_controller
 from webhook.kube import INTERCEPTORROUTES, NAMESPACES, PLAYGROUNDS, SCALEDOBJECTS, Kube, KubeConfig
 
 from .controlplane import ControlPlane, crd_paths, partial_control_plane
-from .test_deploy import SA_GROUPS, SA_USER, RecordingKube, manifest_docs
+from .test_deploy import CONTROLLER_SA_USER, SA_GROUPS, RecordingKube, manifest_docs
 from .test_reconciler import _uid, events_for, get_or_none, playground, wait_for
 
 def redis(ns: str) -> str:
@@ -45,7 +45,7 @@ def plane_without_keda(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def plane_without_http_addon(tmp_path_factory: pytest.TempPathFactory):
-    """KEDA's CRDs but not the HTTP add-on's, and the chart's cluster-wide RBAC for its ServiceAccount: the
+    """KEDA's CRDs but not the HTTP add-on's, and the chart's cluster-wide RBAC for its ServiceAccounts: the
     reconciler here runs with exactly the permissions the chart grants (degraded mode writes ``/scale``)."""
     from kubernetes import client
 
@@ -67,9 +67,10 @@ class Harness:
     def __init__(self, cp: ControlPlane, as_chart: bool = False) -> None:
         self.cp = cp
         self.kube = Kube.from_kubeconfig(cp.kubeconfig)     # the admin: creates and reads
-        # The reconciler's own client: the admin, or the chart's ServiceAccount with every refusal recorded.
-        self.ctl_kube: Kube = (RecordingKube(KubeConfig.from_kubeconfig(cp.kubeconfig), impersonate_user=SA_USER,
-                                             impersonate_groups=SA_GROUPS) if as_chart else self.kube)
+        # The reconciler's own client: the admin, or the controller's ServiceAccount with every refusal recorded.
+        self.ctl_kube: Kube = (RecordingKube(KubeConfig.from_kubeconfig(cp.kubeconfig),
+                                             impersonate_user=CONTROLLER_SA_USER, impersonate_groups=SA_GROUPS)
+                               if as_chart else self.kube)
         self.stop = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.ctl: Controller | None = None

@@ -81,6 +81,11 @@ def test_fixed_names(default_docs):
         ("ClusterRoleBinding", "llmaz-serverless"),
         ("Role", "llmaz-serverless"),
         ("RoleBinding", "llmaz-serverless"),
+        ("ServiceAccount", "llmaz-serverless-controller"),
+        ("ClusterRole", "llmaz-serverless-controller"),
+        ("ClusterRoleBinding", "llmaz-serverless-controller"),
+        ("Role", "llmaz-serverless-controller"),
+        ("RoleBinding", "llmaz-serverless-controller"),
         ("PodDisruptionBudget", "llmaz-serverless"),
         ("Deployment", "llmaz-serverless-controller"),
         ("NetworkPolicy", "llmaz-serverless"),
@@ -174,29 +179,42 @@ def test_webhook_values_are_honoured_and_checked(helm):
 
 
 WILDCARD = "*"
+ADM = "admissionregistration.k8s.io"
+LLMAZ = "inference.llmaz.io"
+RW = {"get", "list", "watch", "create", "update", "patch", "delete"}
 
-EXPECTED_CLUSTER_RULES = {
-    ("inference.llmaz.io", "playgrounds"): {"get", "list", "watch", "patch", "update"},
-    ("inference.llmaz.io", "services"): {"get", "list", "watch", "patch", "update"},
-    ("inference.llmaz.io", "playgrounds/finalizers"): {"update"},
-    ("inference.llmaz.io", "services/finalizers"): {"update"},
-    ("inference.llmaz.io", "playgrounds/scale"): {"get", "patch"},
-    ("inference.llmaz.io", "services/scale"): {"get", "patch"},
-    ("llmaz.io", "openmodels"): {"get", "list", "watch"},
-    ("keda.sh", "scaledobjects"): {"get", "list", "watch", "create", "update", "patch", "delete"},
-    ("http.keda.sh", "interceptorroutes"): {"get", "list", "watch", "create", "update", "patch", "delete"},
+# What each rule set of templates/rbac.yaml grants, (apiGroup, resource) -> verbs: cluster-wide, and in the
+# release namespace.
+CACHES = ({("llmaz.io", "openmodels"): {"get", "list", "watch"}},
+          {("", "configmaps"): {"get", "list", "watch"}})
+CERTIFICATES = ({(ADM, "mutatingwebhookconfigurations"): {"get", "patch"},
+                 (ADM, "validatingwebhookconfigurations"): {"get", "patch"}},
+                {("", "secrets"): {"get", "create", "update"}})
+RECONCILER = ({
+    (LLMAZ, "playgrounds"): {"get", "list", "watch", "patch", "update"},
+    (LLMAZ, "services"): {"get", "list", "watch", "patch", "update"},
+    (LLMAZ, "playgrounds/finalizers"): {"update"},
+    (LLMAZ, "services/finalizers"): {"update"},
+    (LLMAZ, "playgrounds/scale"): {"get", "patch"},
+    (LLMAZ, "services/scale"): {"get", "patch"},
+    ("keda.sh", "scaledobjects"): RW,
+    ("http.keda.sh", "interceptorroutes"): RW,
     ("", "namespaces"): {"get", "list", "watch"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "delete"},
-    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"): {"get", "list", "watch", "patch"},
-    ("admissionregistration.k8s.io", "validatingwebhookconfigurations"): {"get", "list", "watch", "patch"},
-}
+}, {("coordination.k8s.io", "leases"): {"get", "create", "update"}})
 
-EXPECTED_ROLE_RULES = {
-    ("", "configmaps"): {"get", "list", "watch"},
-    ("", "secrets"): {"get", "create", "update"},
-    ("coordination.k8s.io", "leases"): {"get", "create", "update"},
+WEBHOOK_SA, CONTROLLER_SA = "llmaz-serverless", "llmaz-serverless-controller"
+
+# Per value set: ServiceAccount (= its ClusterRole, Role and bindings) -> the rule sets it holds.
+RBAC_CASES = {
+    "separate": ([], {WEBHOOK_SA: (CACHES, CERTIFICATES), CONTROLLER_SA: (CACHES, RECONCILER)}),
+    "all": (["--set", "controller.separate=false"], {WEBHOOK_SA: (CACHES, CERTIFICATES, RECONCILER)}),
+    "cert-manager": (["--set", "certManager.enabled=true"],
+                     {WEBHOOK_SA: (CACHES,), CONTROLLER_SA: (CACHES, RECONCILER)}),
+    "all-cert-manager": (["--set", "controller.separate=false", "--set", "certManager.enabled=true"],
+                         {WEBHOOK_SA: (CACHES, RECONCILER)}),
 }
 
 # verbs that resourceNames can restrict (create cannot; list/watch only with a name fieldSelector)
@@ -218,32 +236,150 @@ def _flatten(rules):
     return out
 
 
-def test_rbac_least_privilege(default_docs):
-    cluster = _one(default_docs, "ClusterRole", "llmaz-serverless")
-    role = _one(default_docs, "Role", "llmaz-serverless")
-    assert _flatten(cluster["rules"]) == EXPECTED_CLUSTER_RULES
-    assert _flatten(role["rules"]) == EXPECTED_ROLE_RULES
-    assert role["metadata"]["namespace"] == NS
+def _merged(sets, scope):
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule_set in sets:
+        for key, verbs in rule_set[scope].items():
+            out.setdefault(key, set()).update(verbs)
+    return out
 
-    def named(rules, group, resource, verb):
-        return [
-            r.get("resourceNames")
-            for r in rules
-            if group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
-        ]
 
-    for res in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
-        for verb in ("get", "patch"):
-            assert named(cluster["rules"], "admissionregistration.k8s.io", res, verb) == [["llmaz-serverless"]]
-    assert named(role["rules"], "", "configmaps", "get") == [["llmaz-serverless-policy"]]
-    for verb in ("get", "update"):
-        assert named(role["rules"], "", "secrets", verb) == [["llmaz-serverless-ca"]]
-        assert named(role["rules"], "coordination.k8s.io", "leases", verb) == [["llmaz-serverless-leader"]]
+def _named(rules, group, resource, verb):
+    return [r.get("resourceNames") for r in rules
+            if group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]]
 
-    for kind, ref_kind in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
-        binding = _one(default_docs, kind, "llmaz-serverless")
-        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": ref_kind, "name": "llmaz-serverless"}
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "llmaz-serverless", "namespace": NS}]
+
+@pytest.mark.parametrize("case", list(RBAC_CASES), ids=list(RBAC_CASES))
+def test_rbac_least_privilege_per_component(helm, case):
+    args, expected = RBAC_CASES[case]
+    docs = _template(helm, *args)
+    for kind in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"):
+        assert sorted(d["metadata"]["name"] for d in docs if d["kind"] == kind) == sorted(expected), kind
+    deployments = {d["metadata"]["name"]: d["spec"]["template"]["spec"]["serviceAccountName"]
+                   for d in docs if d["kind"] == "Deployment"}
+    assert deployments == {name: name for name in expected}   # each Deployment runs as its own ServiceAccount
+    for sa, sets in expected.items():
+        cluster, role = _one(docs, "ClusterRole", sa), _one(docs, "Role", sa)
+        assert _flatten(cluster["rules"]) == _merged(sets, 0), sa
+        assert _flatten(role["rules"]) == _merged(sets, 1), sa
+        assert role["metadata"]["namespace"] == NS
+        # Named objects only, where names can restrict.
+        if CERTIFICATES in sets:
+            for res in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
+                for verb in ("get", "patch"):
+                    assert _named(cluster["rules"], ADM, res, verb) == [["llmaz-serverless"]]
+            for verb in ("get", "update"):
+                assert _named(role["rules"], "", "secrets", verb) == [["llmaz-serverless-ca"]]
+        if RECONCILER in sets:
+            for verb in ("get", "update"):
+                assert _named(role["rules"], "coordination.k8s.io", "leases", verb) == [["llmaz-serverless-leader"]]
+        assert _named(role["rules"], "", "configmaps", "get") == [["llmaz-serverless-policy"]]
+        for kind, ref_kind in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
+            binding = _one(docs, kind, sa)
+            assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": ref_kind, "name": sa}
+            assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NS}]
+
+
+def _can(docs, sa, verb, group, resource, *, namespace=NS, name=None) -> bool:
+    """Whether the rendered RBAC lets ServiceAccount ``sa`` of the release namespace do ``verb`` on ``resource``
+    in ``namespace`` (None: cluster-scoped), on the object ``name`` if given: RBAC's own matching, so a test
+    states what a component may do rather than which rule says so."""
+    subject = {"kind": "ServiceAccount", "name": sa, "namespace": NS}
+    roles = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d
+             for d in docs if d["kind"] in ("ClusterRole", "Role")}
+    for b in docs:
+        if not (b["kind"] == "ClusterRoleBinding"
+                or (b["kind"] == "RoleBinding" and namespace is not None and b["metadata"]["namespace"] == namespace)):
+            continue
+        if subject not in b["subjects"]:
+            continue
+        ref = b["roleRef"]
+        role = roles[(ref["kind"], b["metadata"].get("namespace") if ref["kind"] == "Role" else None, ref["name"])]
+        for r in role["rules"]:
+            if (group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
+                    and (not r.get("resourceNames") or name in r["resourceNames"])):
+                return True
+    return False
+
+
+# What only the reconciler does, in a tenant namespace ("ai") unless a namespace is given.
+RECONCILER_CALLS = [
+    *((v, "keda.sh", "scaledobjects", "ai", None) for v in ("create", "patch", "update", "delete", "list", "watch")),
+    *((v, "http.keda.sh", "interceptorroutes", "ai", None) for v in ("create", "patch", "update", "delete", "list")),
+    *((v, LLMAZ, res, "ai", None) for v in ("patch", "update", "list", "watch") for res in ("playgrounds", "services")),
+    ("patch", LLMAZ, "playgrounds/scale", "ai", None),
+    ("update", LLMAZ, "services/finalizers", "ai", None),
+    ("delete", "autoscaling", "horizontalpodautoscalers", "ai", None),
+    ("list", "autoscaling", "horizontalpodautoscalers", "ai", None),
+    ("create", "", "events", "ai", None),
+    ("list", "", "namespaces", None, None),
+    ("create", "coordination.k8s.io", "leases", NS, None),
+    ("update", "coordination.k8s.io", "leases", NS, "llmaz-serverless-leader"),
+]
+# What only the webhook does (self-managed certificates).
+CERTIFICATE_CALLS = [
+    ("create", "", "secrets", NS, None),
+    ("get", "", "secrets", NS, "llmaz-serverless-ca"),
+    ("update", "", "secrets", NS, "llmaz-serverless-ca"),
+    ("patch", ADM, "mutatingwebhookconfigurations", None, "llmaz-serverless"),
+    ("patch", ADM, "validatingwebhookconfigurations", None, "llmaz-serverless"),
+]
+# What both do.
+CACHE_CALLS = [
+    ("list", "llmaz.io", "openmodels", None, None),
+    ("watch", "llmaz.io", "openmodels", None, None),
+    ("list", "", "configmaps", NS, None),
+    ("watch", "", "configmaps", NS, None),
+]
+
+
+def test_admission_service_account_cannot_write_what_the_reconciler_writes(default_docs):
+    """The webhook pods (called by the API server over the network) hold no write access to workloads, KEDA
+    objects, HPAs, Events or the Lease, and do not even read the workloads; the reconciler holds those and
+    cannot touch the CA Secret or the webhook configurations."""
+    def can(sa, call):
+        verb, group, resource, namespace, name = call
+        return _can(default_docs, sa, verb, group, resource, namespace=namespace, name=name)
+
+    for call in RECONCILER_CALLS:
+        assert not can(WEBHOOK_SA, call), call
+        assert can(CONTROLLER_SA, call), call
+    for call in CERTIFICATE_CALLS:
+        assert can(WEBHOOK_SA, call), call
+        assert not can(CONTROLLER_SA, call), call
+    for call in CACHE_CALLS:
+        assert can(WEBHOOK_SA, call) and can(CONTROLLER_SA, call), call
+    for sa in (WEBHOOK_SA, CONTROLLER_SA):
+        assert not can(sa, ("get", "", "secrets", NS, "not-ours"))
+        assert not can(sa, ("get", "", "secrets", "ai", "llmaz-serverless-ca"))       # the Role is namespaced
+        assert not can(sa, ("list", "", "secrets", NS, None))
+        assert not can(sa, ("create", "coordination.k8s.io", "leases", "ai", None))
+        assert not can(sa, ("patch", ADM, "mutatingwebhookconfigurations", None, "someone-else"))
+        assert not can(sa, ("list", ADM, "mutatingwebhookconfigurations", None, None))
+
+
+def test_one_service_account_with_everything_when_not_separate(helm):
+    docs = _template(helm, "--set", "controller.separate=false")
+    for call in RECONCILER_CALLS + CERTIFICATE_CALLS + CACHE_CALLS:
+        verb, group, resource, namespace, name = call
+        assert _can(docs, WEBHOOK_SA, verb, group, resource, namespace=namespace, name=name), call
+    # With cert-manager no pod manages certificates, so none may.
+    for args in ([], ["--set", "controller.separate=false"]):
+        docs = _template(helm, "--set", "certManager.enabled=true", *args)
+        for call in CERTIFICATE_CALLS:
+            verb, group, resource, namespace, name = call
+            assert not any(_can(docs, sa, verb, group, resource, namespace=namespace, name=name)
+                           for sa in (WEBHOOK_SA, CONTROLLER_SA)), call
+
+
+def test_service_account_annotations_on_each_component(helm):
+    for args in ([], ["--set", "controller.separate=false"]):
+        docs = _template(helm, "--set", r"serviceAccount.annotations.iam\.example\.com/role=reader", *args)
+        sas = [d for d in docs if d["kind"] == "ServiceAccount"]
+        assert len(sas) == (1 if args else 2)
+        for sa in sas:
+            assert sa["metadata"]["annotations"] == {"iam.example.com/role": "reader"}
+    assert all("annotations" not in d["metadata"] for d in _template(helm) if d["kind"] == "ServiceAccount")
 
 
 def _container(docs):
@@ -374,6 +510,7 @@ def test_controller_is_its_own_deployment(default_docs):
     web, _ = _deployment(default_docs, "llmaz-serverless")
     ctl, c = _deployment(default_docs, "llmaz-serverless-controller")
     assert ctl["spec"]["replicas"] == 1
+    assert ctl["spec"]["template"]["spec"]["serviceAccountName"] == "llmaz-serverless-controller"
     assert c["args"] == ["serve", "--role=controller", "--metrics-port=8080",
                          "--policy-configmap=$(POD_NAMESPACE)/llmaz-serverless-policy", "--leader-election"]
     assert [p["name"] for p in c["ports"]] == ["metrics"]

@@ -105,3 +105,27 @@ namespaceSelector:
 {{- define "llmaz-serverless.injectCAFrom" -}}
 {{- printf "%s/%s" .Release.Namespace (include "llmaz-serverless.servingCertificate" .) -}}
 {{- end -}}
+
+{{/*
+The chart's pods by component, as a YAML list of {component, rules}: which rule sets of rbac.yaml each
+component's ServiceAccount is bound to. "certificates" only in self-managed mode (with cert-manager the
+webhook reads its serving certificate from a mounted Secret and calls no API for it).
+*/}}
+{{- define "llmaz-serverless.components" -}}
+{{- $certs := ternary (list) (list "certificates") .Values.certManager.enabled -}}
+{{- if .Values.controller.separate -}}
+{{- toYaml (list (dict "component" "webhook" "rules" (concat (list "caches") $certs))
+                 (dict "component" "controller" "rules" (list "caches" "reconciler"))) -}}
+{{- else -}}
+{{- toYaml (list (dict "component" "webhook" "rules" (concat (list "caches") $certs (list "reconciler")))) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+ServiceAccount (and ClusterRole, Role and bindings) of a component: "llmaz-serverless" for the webhook pods
+(whatever their role), "llmaz-serverless-controller" for the separate reconciler.
+Call with (dict "root" $ "component" "webhook").
+*/}}
+{{- define "llmaz-serverless.serviceAccountName" -}}
+{{- ternary (include "llmaz-serverless.name" .root) (include "llmaz-serverless.controllerName" .root) (eq .component "webhook") -}}
+{{- end -}}
