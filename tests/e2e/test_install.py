@@ -194,7 +194,9 @@ def test_helm_install_check_and_scale_from_zero(installed: Install):
     for p in pods:
         ctr = p.spec.containers[0]
         assert ctr.security_context.read_only_root_filesystem is True
-        assert p.spec.service_account_name == "llmaz-serverless"
+        # Least privilege per component: the webhook and the controller each run as their own ServiceAccount.
+        own = "llmaz-serverless-controller" if "-controller-" in p.metadata.name else "llmaz-serverless"
+        assert p.spec.service_account_name == own, (p.metadata.name, p.spec.service_account_name)
         (cid,) = installed.node.pod_containers(OUR_NAMESPACE, p.metadata.name)
         status = Path(f"/proc/{pids[cid]}/status").read_text()
         uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
