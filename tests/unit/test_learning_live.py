@@ -93,6 +93,24 @@ def test_windows_chained_on_window_activity_are_bounded() -> None:
     assert lv.chain == 0 and L.plan(so, lv, lv.prev + 2 * POLL, POLL).windows
 
 
+def test_a_window_holding_the_replica_stays_until_its_end() -> None:
+    """KEDA's advances inside our window move the anchor; the window must not be re-planned away from under
+    the replica it holds (that would end the pre-warm one keep-alive after it started)."""
+    so = scaled_object()
+    lv = live(so)
+    periodic(lv, 40, 1800)
+    p = L.plan(so, lv, lv.prev + 2 * POLL, POLL)
+    lv.windows = p.windows
+    (a, b), = p.windows
+    L.observe(lv, a + POLL, POLL)                              # the window woke the workload
+    mid = L.plan(so, lv, a + POLL + 1, POLL)
+    assert mid.windows == [(a, b)]
+    names = [t["name"] for t in mid.scaled_object["spec"]["triggers"] if t["name"].startswith(L.TRIGGER_PREFIX)]
+    assert names == [f"{L.TRIGGER_PREFIX}-0"]
+    lv.windows = mid.windows
+    assert (a, b) not in L.plan(so, lv, b + 1, POLL).windows  # and goes once it ended (a chained one may follow)
+
+
 def periodic(lv: L.Live, n: int, every: float, start: float = T0) -> float:
     t = start
     L.observe(lv, t, POLL)

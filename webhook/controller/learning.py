@@ -162,7 +162,10 @@ def plan(so: dict[str, Any], live: Live, now: float, polling_s: float, params: P
     spec = out.setdefault("spec", {})
     if d.keep_alive_s is not None:
         spec["cooldownPeriod"] = int(math.ceil(d.keep_alive_s))
-    windows: list[tuple[float, float]] = []
+    # A window already holding the replica stays until its end: the activity it causes moves ``live.prev``,
+    # and re-planning from that anchor would take the trigger out and cut the pre-warm to one keep-alive.
+    # A window not yet started is planned afresh (a request since then moved the anchor it was placed for).
+    windows: list[tuple[float, float]] = [(a, b) for a, b in live.windows if a <= now < b]
     recheck: list[float] = []
     chained_out = live.in_window and live.chain >= MAX_CHAIN and live.anchored != live.prev
     if d.prewarm is not None and live.prev is not None and not chained_out:
@@ -171,7 +174,7 @@ def plan(so: dict[str, Any], live: Live, now: float, polling_s: float, params: P
         settle = live.prev + 2 * polling_s
         if now < settle:
             recheck.append(settle - now)
-        elif b > now and b > a:
+        elif b > now and b > a and (a, b) not in windows:
             windows.append((a, b))
             if live.anchored != live.prev:
                 live.anchored = live.prev
@@ -182,7 +185,8 @@ def plan(so: dict[str, Any], live: Live, now: float, polling_s: float, params: P
             a = math.floor((day0 + k * DAY + start) / 60.0) * 60.0
             b = math.ceil((day0 + k * DAY + end) / 60.0) * 60.0
             if b > now:
-                windows.append((a, b))
+                if (a, b) not in windows:
+                    windows.append((a, b))
                 break
     triggers = list(spec.get("triggers") or [])
     for i, (a, b) in enumerate(sorted(windows)):
