@@ -111,6 +111,26 @@ def test_a_window_holding_the_replica_stays_until_its_end() -> None:
     assert (a, b) not in L.plan(so, lv, b + 1, POLL).windows  # and goes once it ended (a chained one may follow)
 
 
+def test_a_new_process_keeps_the_window_an_earlier_one_placed() -> None:
+    """After a restart or a leader change the windows on the ScaledObject are read back: one holding the
+    replica is kept to its end and KEDA's activity inside it is not taken for demand."""
+    so = scaled_object()
+    lv = live(so)
+    periodic(lv, 40, 1800)
+    p = L.plan(so, lv, lv.prev + 2 * POLL, POLL)
+    (a, b), = p.windows
+    stored = p.scaled_object
+    stored["metadata"]["annotations"] = dict(stored["metadata"].get("annotations") or {})
+    stored["status"] = {"lastActiveTime": iso(a + POLL)}
+    fresh, err = L.new_live(stored, 0.01, POLL, 600.0, a + POLL + 1)
+    assert err is None and fresh.windows == [(a, b)]
+    assert L.plan(stored, fresh, a + POLL + 1, POLL).windows == [(a, b)]
+    assert not L.observe(fresh, a + 3 * POLL, POLL) and fresh.in_window
+    junk = {"spec": {"triggers": [{"name": f"{L.TRIGGER_PREFIX}-0", "metadata": {"start": "x", "end": "61 1 1 1 *"}},
+                                  "not a trigger"]}}
+    assert L.placed_windows(junk, T0) == []
+
+
 def periodic(lv: L.Live, n: int, every: float, start: float = T0) -> float:
     t = start
     L.observe(lv, t, POLL)

@@ -93,7 +93,33 @@ def new_live(so: dict[str, Any] | None, objective: float, polling_s: float, cool
     if state.first is None:
         state.t0 = now
     learner = Learner(objective, startup_s, polling_s, params, state=state, fallback_s=cooldown_s)
-    return Live(learner, prev=last_active(so)), error
+    return Live(learner, prev=last_active(so), windows=placed_windows(so, now)), error
+
+
+def _cron_epoch(expr: Any, now: float) -> float | None:
+    """A dated "minute hour day month *" of ours -> epoch seconds, the occurrence nearest ``now``."""
+    try:
+        minute, hour, day, month = (int(x) for x in str(expr).split()[:4])
+        year = _dt.datetime.fromtimestamp(now, _dt.timezone.utc).year
+        times = [_dt.datetime(y, month, day, hour, minute, tzinfo=_dt.timezone.utc).timestamp()
+                 for y in (year - 1, year, year + 1)]
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return min(times, key=lambda t: abs(t - now))
+
+
+def placed_windows(so: dict[str, Any] | None, now: float) -> list[tuple[float, float]]:
+    """The pre-warm windows an earlier process placed on the ScaledObject (after a restart or a leader change),
+    so that one holding the replica is kept to its end and the activity inside it is not taken for demand."""
+    out = []
+    for trig in ((so or {}).get("spec") or {}).get("triggers") or []:
+        if not isinstance(trig, dict) or not str(trig.get("name", "")).startswith(TRIGGER_PREFIX):
+            continue
+        md = trig.get("metadata") or {}
+        a, b = _cron_epoch(md.get("start"), now), _cron_epoch(md.get("end"), now)
+        if a is not None and b is not None and a < b:
+            out.append((a, b))
+    return sorted(out)
 
 
 def observe(live: Live, t: float | None, polling_s: float) -> bool:
