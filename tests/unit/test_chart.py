@@ -181,7 +181,7 @@ def test_webhook_values_are_honoured_and_checked(helm):
 WILDCARD = "*"
 ADM = "admissionregistration.k8s.io"
 LLMAZ = "inference.llmaz.io"
-RW = {"get", "list", "watch", "create", "update", "patch", "delete"}
+OWNED = {"get", "list", "watch", "create", "patch", "delete"}     # server-side apply and delete, never update
 
 # What each rule set of templates/rbac.yaml grants, (apiGroup, resource) -> verbs: cluster-wide, and in the
 # release namespace.
@@ -191,17 +191,16 @@ CERTIFICATES = ({(ADM, "mutatingwebhookconfigurations"): {"get", "patch"},
                  (ADM, "validatingwebhookconfigurations"): {"get", "patch"}},
                 {("", "secrets"): {"get", "create", "update"}})
 RECONCILER = ({
-    (LLMAZ, "playgrounds"): {"get", "list", "watch", "patch", "update"},
-    (LLMAZ, "services"): {"get", "list", "watch", "patch", "update"},
+    (LLMAZ, "playgrounds"): {"get", "list", "watch", "patch"},
+    (LLMAZ, "services"): {"get", "list", "watch", "patch"},
     (LLMAZ, "playgrounds/finalizers"): {"update"},
     (LLMAZ, "services/finalizers"): {"update"},
     (LLMAZ, "playgrounds/scale"): {"get", "patch"},
     (LLMAZ, "services/scale"): {"get", "patch"},
-    ("keda.sh", "scaledobjects"): RW,
-    ("http.keda.sh", "interceptorroutes"): RW,
+    ("keda.sh", "scaledobjects"): OWNED,
+    ("http.keda.sh", "interceptorroutes"): OWNED,
     ("", "namespaces"): {"get", "list", "watch"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
+    ("", "events"): {"create"},
     ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "delete"},
 }, {("coordination.k8s.io", "leases"): {"get", "create", "update"}})
 
@@ -304,9 +303,9 @@ def _can(docs, sa, verb, group, resource, *, namespace=NS, name=None) -> bool:
 
 # What only the reconciler does, in a tenant namespace ("ai") unless a namespace is given.
 RECONCILER_CALLS = [
-    *((v, "keda.sh", "scaledobjects", "ai", None) for v in ("create", "patch", "update", "delete", "list", "watch")),
-    *((v, "http.keda.sh", "interceptorroutes", "ai", None) for v in ("create", "patch", "update", "delete", "list")),
-    *((v, LLMAZ, res, "ai", None) for v in ("patch", "update", "list", "watch") for res in ("playgrounds", "services")),
+    *((v, "keda.sh", "scaledobjects", "ai", None) for v in ("create", "patch", "delete", "list", "watch")),
+    *((v, "http.keda.sh", "interceptorroutes", "ai", None) for v in ("create", "patch", "delete", "list")),
+    *((v, LLMAZ, res, "ai", None) for v in ("patch", "list", "watch") for res in ("playgrounds", "services")),
     ("patch", LLMAZ, "playgrounds/scale", "ai", None),
     ("update", LLMAZ, "services/finalizers", "ai", None),
     ("delete", "autoscaling", "horizontalpodautoscalers", "ai", None),
@@ -356,6 +355,12 @@ def test_admission_service_account_cannot_write_what_the_reconciler_writes(defau
         assert not can(sa, ("create", "coordination.k8s.io", "leases", "ai", None))
         assert not can(sa, ("patch", ADM, "mutatingwebhookconfigurations", None, "someone-else"))
         assert not can(sa, ("list", ADM, "mutatingwebhookconfigurations", None, None))
+        # Nothing is ever replaced whole, and Events are only created: no update, no Event patch.
+        for group, resource in ((LLMAZ, "playgrounds"), (LLMAZ, "services"), ("keda.sh", "scaledobjects"),
+                                ("http.keda.sh", "interceptorroutes")):
+            assert not can(sa, ("update", group, resource, "ai", None)), (sa, resource)
+        assert not can(sa, ("patch", "", "events", "ai", None))
+        assert not can(sa, ("create", "events.k8s.io", "events", "ai", None))
 
 
 def test_one_service_account_with_everything_when_not_separate(helm):
