@@ -60,6 +60,13 @@ def test_learned_keep_alive_keeps_a_periodic_workload_warm(stack: LiveStack):
     pg = custom.get_namespaced_custom_object("inference.llmaz.io", "v1alpha1", ns, "playgrounds", name)
     assert pg["metadata"]["annotations"][C.ANN_LEARNED].startswith(f"keep-alive {learned}s")
     print(f"learned keep-alive {learned} s, kept across a kill and restart of llmaz-serverless")
+    forget(stack, ns)
+
+
+def forget(stack: LiveStack, ns: str) -> None:
+    """Delete a learning test's namespace: a learned keep-alive or a chained pre-warm would otherwise keep its
+    model stand-in running into later tests, where it consumes their jobs from the shared Redis list."""
+    stack.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
 def restart_ours(stack: LiveStack) -> None:
@@ -141,6 +148,7 @@ def test_prewarm_window_lapses_by_itself_when_llmaz_serverless_is_killed(stack: 
                         "the workload back at zero after the window, without llmaz-serverless", 0.5)
     finally:
         stack.start_ours()
+    forget(stack, ns)
     assert zero >= end + 55, "the window held the replica until it ended, then the 60 s keep-alive"
     print(f"\npre-warm window {dt.datetime.fromtimestamp(start, dt.timezone.utc):%H:%M}-"
           f"{dt.datetime.fromtimestamp(end, dt.timezone.utc):%H:%M}: woken {woke - start:.1f} s after its start, "
