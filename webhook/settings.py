@@ -15,7 +15,7 @@ from typing import Any
 from . import constants as C
 from . import drain as drain_rules
 from .accelerators import Detection, detect
-from .durations import DurationError, human, parse_duration, whole_seconds
+from .durations import DurationError, human, whole_seconds
 from .errors import Problem
 from .learn import STARTUP_S, parse_objective
 from .models import ModelCatalog
@@ -34,6 +34,7 @@ LIMITS = {
     C.ANN_COOLDOWN: (0, 7 * 86400),
     C.ANN_POLLING: (1, 3600),
     C.ANN_INITIAL_COOLDOWN: (0, 86400),
+    C.ANN_STARTUP_TIME: (1, 3600),
 }
 
 
@@ -212,18 +213,8 @@ def _learned(ann: dict[str, str], resolved: dict[str, Any], problems: list[Probl
     except ValueError as exc:
         problems.append(Problem(source, str(exc), "e.g. \"1%\": at most 1 request in 100 meets a cold start"))
         resolved["objective"] = 0.01
-    resolved["startup"] = float(resolved.get("startupTime") or STARTUP_S)
-    if C.ANN_STARTUP_TIME in ann:
-        try:
-            seconds = parse_duration(ann[C.ANN_STARTUP_TIME])
-        except DurationError as exc:
-            problems.append(Problem(C.ANN_STARTUP_TIME, str(exc), "e.g. \"3m\": from zero to a ready replica"))
-            return
-        if not 1 <= seconds <= 3600:
-            problems.append(Problem(C.ANN_STARTUP_TIME, f"{seconds:g}s is out of range",
-                                    "write from 1s to 1h: how long a replica takes from zero to ready"))
-            return
-        resolved["startup"] = seconds
+    startup = _seconds(ann, C.ANN_STARTUP_TIME, problems)
+    resolved["startup"] = float(startup if startup is not None else resolved.get("startupTime") or STARTUP_S)
 
 
 def validate_behavior(value: Any, where: str) -> list[Problem]:

@@ -19,6 +19,7 @@ import pytest
 from kubernetes import client
 
 from webhook import constants as C
+from webhook.controller.learning import cron_time
 from webhook.learn import Learner, Params, encode
 
 from .http_client import chat
@@ -74,13 +75,6 @@ def restart_ours(stack: LiveStack) -> None:
     stack.start_ours()
 
 
-def _cron_time(expr: str, near: float) -> float:
-    """A dated cron field set "m h d M *" (UTC) -> epoch seconds, in the year around ``near``."""
-    minute, hour, day, month = (int(x) for x in expr.split()[:4])
-    year = dt.datetime.fromtimestamp(near, dt.timezone.utc).year
-    return dt.datetime(year, month, day, hour, minute, tzinfo=dt.timezone.utc).timestamp()
-
-
 IDLE = 250.0        # the history seeded below: an overnight pause, then idle times of about 4 minutes
 
 
@@ -130,8 +124,8 @@ def test_prewarm_window_lapses_by_itself_when_llmaz_serverless_is_killed(stack: 
                     None) if so else None
 
     cron = wait_for(window, 30, "a pre-warm window on the ScaledObject")
-    start = _cron_time(cron["metadata"]["start"], time.time())
-    end = _cron_time(cron["metadata"]["end"], time.time())
+    start = cron_time(cron["metadata"]["start"], time.time())
+    end = cron_time(cron["metadata"]["end"], time.time())
     assert get_or_none(custom, KEDA, ns, "scaledobjects", name)["spec"]["cooldownPeriod"] == 60
 
     def replicas() -> int:

@@ -96,7 +96,7 @@ def new_live(so: dict[str, Any] | None, objective: float, polling_s: float, cool
     return Live(learner, prev=last_active(so), windows=placed_windows(so, now)), error
 
 
-def _cron_epoch(expr: Any, now: float) -> float | None:
+def cron_time(expr: Any, now: float) -> float | None:
     """A dated "minute hour day month *" of ours -> epoch seconds, the occurrence nearest ``now``."""
     try:
         minute, hour, day, month = (int(x) for x in str(expr).split()[:4])
@@ -116,7 +116,7 @@ def placed_windows(so: dict[str, Any] | None, now: float) -> list[tuple[float, f
         if not isinstance(trig, dict) or not str(trig.get("name", "")).startswith(TRIGGER_PREFIX):
             continue
         md = trig.get("metadata") or {}
-        a, b = _cron_epoch(md.get("start"), now), _cron_epoch(md.get("end"), now)
+        a, b = cron_time(md.get("start"), now), cron_time(md.get("end"), now)
         if a is not None and b is not None and a < b:
             out.append((a, b))
     return sorted(out)
