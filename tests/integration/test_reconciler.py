@@ -506,7 +506,7 @@ CLUSTER_RULES = [
     {"apiGroups": ["http.keda.sh"], "resources": ["interceptorroutes"],
      "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
     {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"],
-     "verbs": ["get", "list", "watch", "delete"]},
+     "verbs": ["list", "watch", "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
 

@@ -201,7 +201,7 @@ RECONCILER = ({
     ("http.keda.sh", "interceptorroutes"): OWNED,
     ("", "namespaces"): {"get", "list", "watch"},
     ("", "events"): {"create"},
-    ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "delete"},
+    ("autoscaling", "horizontalpodautoscalers"): {"list", "watch", "delete"},
 }, {("coordination.k8s.io", "leases"): {"get", "create", "update"}})
 
 WEBHOOK_SA, CONTROLLER_SA = "llmaz-serverless", "llmaz-serverless-controller"

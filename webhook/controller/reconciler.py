@@ -37,7 +37,7 @@ RBAC this needs (the chart must grant it):
   namespaces: get list watch
   configmaps (the policy ConfigMap, own namespace; resourceNames ok): get list watch
   keda.sh scaledobjects, http.keda.sh interceptorroutes: get list watch create patch delete
-  autoscaling horizontalpodautoscalers: get list watch delete
+  autoscaling horizontalpodautoscalers: list watch delete
   events (core): create (and events.k8s.io not needed)
   coordination.k8s.io leases (own namespace): get create update
 """
