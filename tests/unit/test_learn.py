@@ -126,6 +126,37 @@ def test_bursts_with_long_unpredictable_pauses_are_not_held_warm_between_bursts(
     assert d.mode == "keep-alive" and 60 <= d.keep_alive_s <= 120    # covers the gaps inside a burst only
 
 
+def _bursts(per_activity: int) -> tuple[Learner, float]:
+    lr = Learner(0.01, STARTUP, POLL)
+    rng = random.Random(13)
+    gaps: list[float] = []
+    for _ in range(12):
+        gaps += [rng.uniform(1, 20) for _ in range(30)]          # inside a burst
+        gaps.append(rng.uniform(5 * 3600, 7 * 3600))             # a pause past the histogram's 4 hours
+    return lr, feed(lr, gaps, per_activity=per_activity)
+
+
+def test_heavy_bursts_after_long_pauses_are_held_through_the_pauses() -> None:
+    # Each pause ends in a burst a cold start would hold hundreds of requests of: 6 GPU-hours held per pause
+    # spare them at about 40 GPU-seconds each. With one request per activity the same pauses are not worth
+    # holding (thousands of GPU-seconds per request), and the keep-alive stays within the histogram.
+    (heavy, t), (light, _) = _bursts(per_activity=100), _bursts(per_activity=1)
+    h, li = heavy.decision(t), light.decision(t)
+    assert h.mode == "keep-alive" and h.keep_alive_s == Params().long_keep_alive_s and h.share < 0.01
+    assert li.mode == "keep-alive" and li.keep_alive_s <= 120
+    off = Learner(0.01, STARTUP, POLL, Params(long_keep_alive_s=0.0), state=heavy.state)
+    assert off.decision(t).keep_alive_s <= Params().max_keep_alive_s          # switched off: as before
+
+
+def test_idle_seconds_past_the_histogram_are_counted_up_to_a_day() -> None:
+    s, p = State(), Params()
+    observe_idle(s, p, 10.0, 5 * 3600.0, STARTUP)
+    observe_idle(s, p, 20.0, 3 * 86400.0, STARTUP)
+    w = s.weight(20.0, p)
+    assert s.bins[BINS][0] == pytest.approx(1 + w, rel=1e-3)
+    assert s.bins[BINS][2] == pytest.approx(5 * 3600.0 + w * 86400.0, rel=1e-3)
+
+
 def test_daily_wake_up_is_prewarmed_by_time_of_day() -> None:
     lr = Learner(0.01, STARTUP, POLL, EAGER)
     t = 0.0

@@ -18,9 +18,10 @@ cheapest candidate whose estimated cold-start share meets the objective wins. Tw
   most ``Params.budget_span`` either way (``_target``);
 * with too little history (``Params.min_idle_times``) it decides nothing: the policy's own settings apply.
 
-Idle times beyond the histogram's 4 hours cannot be covered by a keep-alive or a relative pre-warm; when
-they start in the same half hour on most days the learner pre-warms that half hour (``daily``), a simple
-time-of-day predictor in place of the paper's ARIMA.
+Idle times beyond the histogram's 4 hours cannot be covered by a relative pre-warm; one keep-alive
+(``Params.long_keep_alive_s``, 12 hours) may hold through them, priced like every other candidate, which pays
+only where each long pause ends in a heavy burst. When they start in the same half hour on most days the
+learner pre-warms that half hour (``daily``), a simple time-of-day predictor in place of the paper's ARIMA.
 
 A pre-warm costs a model load on a GPU, and a wrong pre-warm is GPU time thrown away: both are in the cost.
 """
@@ -150,6 +151,18 @@ def decide(s: State, p: Params, t: float, objective: float, startup_s: float, po
             n, k = upto(floor), floor
         cold_w = W - pw[n] + w_o
         cands.append((pg[n] + cold_w * (k + P + S), H - ph[n] + h_o, k, None, 0.0))
+    # keep alive through the idle times past the histogram too: worth it only where each of them is followed
+    # by a burst (a few long pauses, each ending in hundreds of requests that a cold start would hold). Their
+    # idle seconds are known in sum (each counted up to a day); the unseen longer one is put at
+    # ``tail_factor`` times their mean and held through when that is within the keep-alive.
+    if p.long_keep_alive_s > p.max_keep_alive_s and oob[0] > 0:
+        kl = p.long_keep_alive_s
+        unseen_w, unseen_h = w_o - oob[0], h_o - oob[1]
+        x = p.tail_factor * max(oob[2] / oob[0], p.max_keep_alive_s)
+        if x <= kl:
+            cands.append((pg[m] + oob[2] + unseen_w * x, 0.0, kl, None, 0.0))
+        else:
+            cands.append((pg[m] + oob[2] + unseen_w * (kl + P + S), unseen_h, kl, None, 0.0))
     # scale in after c0, pre-warm so that a replica is ready at p, keep it until k
     base_cost = pg[m0]
     for j in _sample([j for j in range(m0, m) if idx[j] * BIN_S - lead >= c0 + P and not young], MAX_CANDIDATES):

@@ -28,6 +28,7 @@ BIN_S = 60.0            # the paper's 1-minute bins
 BINS = 240              # over 4 hours
 SLOT_S = 1800.0         # time-of-day profile: half hours
 SLOTS = 48
+LONG_S = 86400.0        # an idle time past the histogram adds its idle seconds up to a day (see ``decide``)
 MAX_ENCODED = 8192      # bytes; the encoded state never exceeds this (see ``encode``)
 VERSION = 1
 
@@ -52,6 +53,7 @@ class Params:
     long_idle_s: float = BINS * BIN_S   # idle times past the histogram count as wake-ups for the daily profile
     daily_min_share: float = 0.6        # a half hour with a wake-up on at least this share of days is pre-warmed
     daily_min_days: float = 2.0
+    long_keep_alive_s: float = 43200.0  # a keep-alive this long may hold through idle times past the histogram (0: never)
     budget_span: float = 2.0            # the realized cold-start share moves the target by at most this factor
 
 
@@ -117,7 +119,7 @@ def observe_idle(s: State, p: Params, t: float, idle_s: float, head_s: float, da
     i = min(int(max(idle_s, 0.0) // BIN_S), BINS)
     v = s.bins.setdefault(i, [0.0, 0.0, 0.0])
     v[0] += w
-    v[2] += w * min(idle_s, BINS * BIN_S)
+    v[2] += w * min(idle_s, LONG_S if i == BINS else BINS * BIN_S)
     if idle_s >= p.long_idle_s:
         slot = int(((t + day_offset_s) % 86400.0) // SLOT_S)
         s.slots[slot] = s.slots.get(slot, 0.0) + w
