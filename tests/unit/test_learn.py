@@ -148,6 +148,19 @@ def test_heavy_bursts_after_long_pauses_are_held_through_the_pauses() -> None:
     assert off.decision(t).keep_alive_s <= Params().max_keep_alive_s          # switched off: as before
 
 
+def test_the_long_keep_alive_is_not_used_where_the_objective_is_met_without_it() -> None:
+    # Busy every few minutes, with two 5-hour pauses whose bursts hold 0.3 % of the requests: holding the GPU
+    # through them would spare those at ~150 GPU-seconds each, but the objective is met without it.
+    lr = Learner(0.01, STARTUP, POLL)
+    gaps = [180.0, 240.0, 200.0] * 200
+    gaps[200] = gaps[400] = 5 * 3600.0
+    t = feed(lr, gaps, per_activity=100)
+    d = lr.decision(t)
+    assert d.mode == "keep-alive" and d.keep_alive_s < Params().max_keep_alive_s and d.share <= 0.01
+    eager = Learner(0.01, STARTUP, POLL, state=lr.state)
+    assert eager.decision(t).keep_alive_s == d.keep_alive_s
+
+
 def test_idle_seconds_past_the_histogram_are_counted_up_to_a_day() -> None:
     s, p = State(), Params()
     observe_idle(s, p, 10.0, 5 * 3600.0, STARTUP)

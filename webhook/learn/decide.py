@@ -19,8 +19,8 @@ cheapest candidate whose estimated cold-start share meets the objective wins. Tw
 * with too little history (``Params.min_idle_times``) it decides nothing: the policy's own settings apply.
 
 Idle times beyond the histogram's 4 hours cannot be covered by a relative pre-warm; one keep-alive
-(``Params.long_keep_alive_s``, 12 hours) may hold through them, priced like every other candidate, which pays
-only where each long pause ends in a heavy burst. When they start in the same half hour on most days the
+(``Params.long_keep_alive_s``, 12 hours) may hold through them as a last resort: only where nothing else meets
+the objective and it does (a few long pauses, each ending in a heavy burst). When they start in the same half hour on most days the
 learner pre-warms that half hour (``daily``), a simple time-of-day predictor in place of the paper's ARIMA.
 
 A pre-warm costs a model load on a GPU, and a wrong pre-warm is GPU time thrown away: both are in the cost.
@@ -151,18 +151,19 @@ def decide(s: State, p: Params, t: float, objective: float, startup_s: float, po
             n, k = upto(floor), floor
         cold_w = W - pw[n] + w_o
         cands.append((pg[n] + cold_w * (k + P + S), H - ph[n] + h_o, k, None, 0.0))
-    # keep alive through the idle times past the histogram too: worth it only where each of them is followed
-    # by a burst (a few long pauses, each ending in hundreds of requests that a cold start would hold). Their
-    # idle seconds are known in sum (each counted up to a day); the unseen longer one is put at
-    # ``tail_factor`` times their mean and held through when that is within the keep-alive.
+    # A last resort: keep alive through the idle times past the histogram too (a few long pauses, each ending
+    # in a burst a cold start would hold hundreds of requests of). Their idle seconds are known in sum (each
+    # counted up to a day); the unseen longer one is put at ``tail_factor`` times their mean, held through
+    # when that is within the keep-alive. Offered only when nothing else meets the objective (below).
+    longs: list[tuple[float, float, float, float | None, float]] = []
     if p.long_keep_alive_s > p.max_keep_alive_s and oob[0] > 0:
         kl = p.long_keep_alive_s
         unseen_w, unseen_h = w_o - oob[0], h_o - oob[1]
         x = p.tail_factor * max(oob[2] / oob[0], p.max_keep_alive_s)
         if x <= kl:
-            cands.append((pg[m] + oob[2] + unseen_w * x, 0.0, kl, None, 0.0))
+            longs.append((pg[m] + oob[2] + unseen_w * x, 0.0, kl, None, 0.0))
         else:
-            cands.append((pg[m] + oob[2] + unseen_w * (kl + P + S), unseen_h, kl, None, 0.0))
+            longs.append((pg[m] + oob[2] + unseen_w * (kl + P + S), unseen_h, kl, None, 0.0))
     # scale in after c0, pre-warm so that a replica is ready at p, keep it until k
     base_cost = pg[m0]
     for j in _sample([j for j in range(m0, m) if idx[j] * BIN_S - lead >= c0 + P and not young], MAX_CANDIDATES):
@@ -183,14 +184,17 @@ def decide(s: State, p: Params, t: float, objective: float, startup_s: float, po
     # The price of a waiting request: at least ``min_price_s`` (sparing requests that cheaply is always worth
     # it), raised until the objective is met, at most the cap (beyond, the objective is given up: a workload
     # no keep-alive or pre-warm can serve within its objective must not pin a GPU for it).
+    # The long keep-alive only where it turns a given-up objective into a met one: a workload that meets its
+    # objective without it must not hold a GPU for half a day to spare a few more requests, and one that
+    # misses it even so must not either.
     target = _target(s, p, objective)
     limit = target * R
     cap = price_cap(p, target)
-    price = p.min_price_s
-    pick = _best(cands, price)
-    while pick[1] > limit + 1e-9 and price < cap:
-        price = min(price * 2.0, cap)
-        pick = _best(cands, price)
+    price, pick = _escalate(cands, p.min_price_s, cap, limit)
+    if pick[1] > limit + 1e-9 and longs:
+        price_l, pick_l = _escalate(cands + longs, p.min_price_s, cap, limit)
+        if pick_l[1] <= limit + 1e-9:
+            price, pick = price_l, pick_l
     why = (f"meets the objective at {price:g} GPU-seconds per request spared" if pick[1] <= limit + 1e-9
            else f"the objective would cost more than {cap:g} GPU-seconds per request spared")
     if target != objective:
@@ -220,6 +224,17 @@ def _target(s: State, p: Params, objective: float) -> float:
     realized = s.waited / s.judged
     ratio = objective / max(realized, objective / p.budget_span)
     return objective * min(max(ratio, 1.0 / p.budget_span), p.budget_span)
+
+
+def _escalate(cands: list[tuple[float, float, float, float | None, float]], price: float, cap: float,
+              limit: float) -> tuple[float, tuple[float, float, float, float | None, float]]:
+    """The cheapest candidate at ``price``, the price doubled (up to ``cap``) while it makes more requests
+    wait than ``limit``."""
+    pick = _best(cands, price)
+    while pick[1] > limit + 1e-9 and price < cap:
+        price = min(price * 2.0, cap)
+        pick = _best(cands, price)
+    return price, pick
 
 
 def _best(cands: list[tuple[float, float, float, float | None, float]],
