@@ -19,6 +19,7 @@ import os
 import resource
 import sys
 import time
+from dataclasses import replace
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -56,6 +57,11 @@ def main() -> int:
     ap.add_argument("--skip-uniform", action="store_true", help="only the baselines and the learner")
     ap.add_argument("--only", choices=["tune", "held-out"], help="replay only this half of the workloads")
     ap.add_argument("--split", action="store_true", help="also report each half of the workloads on its own")
+    ap.add_argument("--hindsight-up-to", type=float, default=3600.0,
+                    help="the hindsight row may also pick cooldowns up to this many seconds (2, 4, 8, 12, 24 h; "
+                         "replayed for that row only)")
+    ap.add_argument("--within-trace", action="store_true",
+                    help="bill every configuration only up to the trace's end (GPU time after it is not counted)")
     ap.add_argument("--out")
     args = ap.parse_args()
     params = Params(**{k: float(v) for k, v in (p.split("=", 1) for p in args.param)})
@@ -77,22 +83,28 @@ def main() -> int:
     uniform = {} if args.skip_uniform else {
         f"uniform cooldown {cd}s": resolve(obj, candidate_annotations(base, cd, 0, base.polling_interval, None),
                                            policy, models) for cd in COOLDOWNS}
-    names = ["GPU defaults", "llmaz, 1 fixed replica", "llmaz elasticConfig", *uniform, "learned"]
+    longer = {} if args.skip_uniform else {
+        f"cooldown {cd}s (hindsight only)": resolve(obj, candidate_annotations(base, cd, 0, base.polling_interval,
+                                                                              None), policy, models)
+        for cd in LONGER_COOLDOWNS if cd <= args.hindsight_up_to}
+    names = ["GPU defaults", "llmaz, 1 fixed replica", "llmaz elasticConfig", *uniform, *longer, "learned"]
     per: dict[str, list] = {n: [] for n in names}
     cpu = {n: 0.0 for n in names}
     for tr in traces:
         ours = from_settings(base, policy, tr.horizon, tr.origin, 1)
         b = baselines(obj, ours)
         configs = {"GPU defaults": ours, "llmaz, 1 fixed replica": b["llmaz"], "llmaz elasticConfig": b["elastic"],
-                   **{n: from_settings(s, policy, tr.horizon, tr.origin, 1) for n, s in uniform.items()},
+                   **{n: from_settings(s, policy, tr.horizon, tr.origin, 1) for n, s in {**uniform, **longer}.items()},
                    "learned": LearnedConfig(ours, args.objective / 100, params)}
         for n, cfg in configs.items():      # one at a time for the CPU figure; billed to a common end below
             t = time.process_time()
-            per[n].append(run_configs(tr, {n: cfg}, timing, replay)[n])
+            rp = replace(replay, until_s=tr.horizon) if args.within_trace else replay
+            per[n].append(run_configs(tr, {n: cfg}, timing, rp)[n])
             cpu[n] += time.process_time() - t
-    # Bill every configuration of a trace over the same span (the longest of them), as ``simulate`` does.
+    # Bill every configuration of a trace over the same span (the longest of them), as ``simulate`` does; a
+    # longer cooldown of the hindsight row does not stretch that span (it is billed to its own rest, beyond).
     for i, tr in enumerate(traces):
-        end = max([tr.horizon] + [per[n][i].duration_s for n in names])
+        end = max([tr.horizon] + [per[n][i].duration_s for n in names if n not in longer])
         for n in names:
             per[n][i] = per[n][i].extend_to(end)
     subsets = {"all": list(range(len(traces)))}
@@ -101,7 +113,7 @@ def main() -> int:
             subsets[h] = [i for i, tr in enumerate(traces) if half(tr.name) == h]
     print(f"{args.trace}: {len(traces)} workloads, {sum(t.requests for t in traces):,} requests, model load "
           f"{args.model_load:g}s, start {args.start}, scored after {args.warm_up:g} h; read {read_s:.1f}s CPU")
-    report = {sub: table(names, per, ix, uniform, cpu, args.objective / 100, sub, traces)
+    report = {sub: table(names, per, ix, uniform, list(longer), cpu, args.objective / 100, sub, traces)
               for sub, ix in subsets.items()}
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     print(f"learned: reading {read_s:.1f}s + replay {cpu['learned']:.1f}s CPU; max RSS {rss} MiB "
@@ -110,6 +122,7 @@ def main() -> int:
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump({"trace": args.trace, "model_load_s": args.model_load, "start": args.start,
                        "warm_up_h": args.warm_up, "objective": args.objective / 100, "params": params.__dict__,
+                       "hindsight_up_to_s": args.hindsight_up_to, "within_trace": args.within_trace,
                        "best_uniform": report["all"][0], "only": args.only,
                        "split": f"sha256('{SPLIT_SALT}:<workload>')[0] even: tune, odd: held-out",
                        "read_cpu_s": round(read_s, 1), "max_rss_mib": rss, "rows": report["all"][1],
@@ -119,6 +132,7 @@ def main() -> int:
 
 
 HINDSIGHT = "hindsight: own cooldown per workload"
+LONGER_COOLDOWNS = (7200, 14400, 28800, 43200, 86400)
 
 
 def hindsight(per: dict, ix: list[int], uniform: list[str], objective: float):
@@ -139,12 +153,13 @@ def hindsight(per: dict, ix: list[int], uniform: list[str], objective: float):
     return best
 
 
-def table(names: list[str], per: dict, ix: list[int], uniform: dict, cpu: dict, objective: float, sub: str,
-          traces: list) -> tuple[str | None, list[dict]]:
-    """The rows of one set of workloads (``ix``) and its best uniform cooldown, chosen on that set."""
-    runs = {n: merge([per[n][i] for i in ix]) for n in names}
+def table(names: list[str], per: dict, ix: list[int], uniform: dict, longer: list[str], cpu: dict, objective: float,
+          sub: str, traces: list) -> tuple[str | None, list[dict]]:
+    """The rows of one set of workloads (``ix``) and its best uniform cooldown, chosen on that set. The longer
+    cooldowns are candidates of the hindsight row only."""
+    runs = {n: merge([per[n][i] for i in ix]) for n in names if n not in longer}
     if uniform:
-        runs[HINDSIGHT] = hindsight(per, ix, list(uniform), objective)
+        runs[HINDSIGHT] = hindsight(per, ix, [*uniform, *longer], objective)
         cpu = {**cpu, HINDSIGHT: 0.0}
     fixed = runs["llmaz, 1 fixed replica"].gpu_hours
     elastic = runs["llmaz elasticConfig"].gpu_hours
