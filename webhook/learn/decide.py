@@ -20,8 +20,9 @@ cheapest candidate whose estimated cold-start share meets the objective wins. Tw
 
 Idle times beyond the histogram's 4 hours cannot be covered by a relative pre-warm; one keep-alive
 (``Params.long_keep_alive_s``, 12 hours) may hold through them as a last resort: only where nothing else meets
-the objective and it does (a few long pauses, each ending in a heavy burst). When they start in the same half hour on most days the
-learner pre-warms that half hour (``daily``), a simple time-of-day predictor in place of the paper's ARIMA.
+the objective and it does (a few long pauses, each ending in a heavy burst). When such idle times end in the
+same half hour on most days, the learner pre-warms that half hour (``daily``), a simple time-of-day predictor
+in place of the paper's ARIMA.
 
 A pre-warm costs a model load on a GPU, and a wrong pre-warm is GPU time thrown away: both are in the cost.
 """

@@ -28,7 +28,9 @@ BIN_S = 60.0            # the paper's 1-minute bins
 BINS = 240              # over 4 hours
 SLOT_S = 1800.0         # time-of-day profile: half hours
 SLOTS = 48
-LONG_S = 86400.0        # an idle time past the histogram adds its idle seconds up to a day (see ``decide``)
+# An idle time past the histogram adds its idle seconds up to a day (``decide``'s last-resort keep-alive;
+# states written before counted them up to 4 hours, which fades out with the rest of the history).
+LONG_S = 86400.0
 MAX_ENCODED = 8192      # bytes; the encoded state never exceeds this (see ``encode``)
 VERSION = 1
 
@@ -53,7 +55,7 @@ class Params:
     long_idle_s: float = BINS * BIN_S   # idle times past the histogram count as wake-ups for the daily profile
     daily_min_share: float = 0.6        # a half hour with a wake-up on at least this share of days is pre-warmed
     daily_min_days: float = 2.0
-    long_keep_alive_s: float = 43200.0  # a keep-alive this long may hold through idle times past the histogram (0: never)
+    long_keep_alive_s: float = 43200.0  # the last-resort keep-alive through idle times past the histogram
     budget_span: float = 2.0            # the realized cold-start share moves the target by at most this factor
 
 
