@@ -121,8 +121,8 @@ async def test_unreadable_state_falls_back_to_the_policy_with_an_event(start_con
 
 async def test_prewarm_is_a_dated_cron_window_in_the_scaledobject(start_controller, akube, namespace):
     """A request every 10 minutes, 40 times: scale in after a minute and load again before the next one is
-    due. The window is a cron trigger with a dated start and end, which the API server stores as written; it
-    goes away while the workload is busy again, and the workload's own triggers are never touched."""
+    due. The wake-up is a one-minute cron trigger with a dated start and end, which the API server stores as
+    written; it goes away while the workload is busy again, and the workload's own triggers are never touched."""
     ns = namespace(labels=ENABLED)
     r = await start_controller()
     await create_pg(akube, ns, playground("timer", annotations=LEARNED, replicas=0))
@@ -150,10 +150,10 @@ async def test_prewarm_is_a_dated_cron_window_in_the_scaledobject(start_controll
     assert so["spec"]["cooldownPeriod"] == 60                # scale in after a minute ...
     assert [tr["name"] for tr in so["spec"]["triggers"]][:len(own)] == own   # ... wake-up triggers kept
     live = r.ctl.learning[("Playground", ns, "timer")]
-    (a, b), = live.windows
-    assert t < a < t + idle < b                              # ... warm again before the next request is due
+    (a, w), = live.windows
+    assert t < a < t + idle and w == a + 60                  # ... woken before the next request is due
     md = trig["metadata"]
-    for field_, at in (("start", a), ("end", b)):
+    for field_, at in (("start", a), ("end", w)):
         d = dt.datetime.fromtimestamp(at, dt.timezone.utc)
         assert md[field_] == f"{d.minute} {d.hour} {d.day} {d.month} *"
     assert md["desiredReplicas"] == "1" and md["timezone"] == "Etc/UTC"

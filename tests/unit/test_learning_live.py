@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 
 from webhook import constants as C
 from webhook.controller import learning as L
@@ -58,77 +59,86 @@ def test_poll_advances_are_activity_and_a_jump_is_an_idle_time() -> None:
     assert st.requests == 1.0
 
 
-def test_activity_inside_our_own_prewarm_window_is_not_demand() -> None:
+def test_activity_inside_our_own_window_is_not_demand_and_the_next_idle_time_counts_from_the_anchor() -> None:
     lv = live()
     L.observe(lv, T0, POLL)
-    lv.windows = [(T0 + 600, T0 + 900)]
-    assert not L.observe(lv, T0 + 660, POLL)                 # KEDA active because of our cron trigger
-    assert not L.observe(lv, T0 + 900 + POLL, POLL)
-    assert lv.prev == T0 + 900 + POLL and lv.in_window       # the reference moves, nothing is learned
-    assert not L.observe(lv, T0 + 2000, POLL)                # measured from a window, not a request: skipped
-    assert lv.learner.state.bins == {} and not lv.in_window
-    assert L.observe(lv, T0 + 2000 + POLL + 400, POLL)       # the next idle time counts again
-    assert 7 in lv.learner.state.bins                          # 430 s
+    lv.windows = [(T0 + 600, T0 + 660)]                       # a pre-warm's one-minute wake-up
+    assert not L.observe(lv, T0 + 600 + POLL, POLL)           # KEDA active because of our cron trigger
+    assert not L.observe(lv, T0 + 660 + POLL, POLL)
+    assert lv.prev == T0 + 660 + POLL and lv.in_window and lv.anchor == T0   # nothing learned, anchor kept
+    assert L.observe(lv, T0 + 1000, POLL)                     # the request the pre-warm was for: seen
+    assert 16 in lv.learner.state.bins and lv.anchor == T0 + 1000          # 1000 s after the last activity
+    lv.windows = lv.daily = [(T0 + 2000, T0 + 4000)]          # a time-of-day window holds the replica throughout
+    assert not L.observe(lv, T0 + 2000 + POLL, POLL) and lv.blind
+    assert not L.observe(lv, T0 + 5000, POLL)                 # a request inside it may have come: not counted
+    assert L.observe(lv, T0 + 5000 + POLL + 400, POLL)        # the next idle time counts again
+    assert 7 in lv.learner.state.bins                         # 430 s
 
 
-def test_windows_chained_on_window_activity_are_bounded() -> None:
-    """A workload that stops after a pre-warm decision: KEDA's bumps inside each window anchor the next one
-    at most MAX_CHAIN times, then nothing is placed until demand is seen outside a window."""
-    so = scaled_object()
-    lv = live(so)
-    periodic(lv, 40, 1800)
-    placed = 0
-    for _ in range(10):
-        now = lv.prev + 2 * POLL
-        p = L.plan(so, lv, now, POLL)
-        lv.windows = p.windows
-        if not p.windows:
-            break
-        placed += 1
-        a, b = p.windows[0]
-        L.observe(lv, a + POLL, POLL)                          # our cron trigger keeps KEDA active ...
-        L.observe(lv, b, POLL)                                 # ... to its end; no request seen
-    assert placed == L.MAX_CHAIN + 1
-    L.observe(lv, lv.prev + 5000, POLL)                        # demand outside a window: chaining again
-    assert lv.chain == 0 and L.plan(so, lv, lv.prev + 2 * POLL, POLL).windows
-
-
-def test_a_window_holding_the_replica_stays_until_its_end() -> None:
-    """KEDA's advances inside our window move the anchor; the window must not be re-planned away from under
-    the replica it holds (that would end the pre-warm one keep-alive after it started)."""
+def test_an_unused_prewarm_lapses_and_places_no_other() -> None:
+    """A workload that stops after a pre-warm decision: the wake-up and the hold lapse, and nothing more is
+    placed until activity is seen again (the anchor did not move)."""
     so = scaled_object()
     lv = live(so)
     periodic(lv, 40, 1800)
     p = L.plan(so, lv, lv.prev + 2 * POLL, POLL)
     lv.windows = p.windows
-    (a, b), = p.windows
-    L.observe(lv, a + POLL, POLL)                              # the window woke the workload
-    mid = L.plan(so, lv, a + POLL + 1, POLL)
-    assert mid.windows == [(a, b)]
-    names = [t["name"] for t in mid.scaled_object["spec"]["triggers"] if t["name"].startswith(L.TRIGGER_PREFIX)]
-    assert names == [f"{L.TRIGGER_PREFIX}-0"]
-    lv.windows = mid.windows
-    assert (a, b) not in L.plan(so, lv, b + 1, POLL).windows  # and goes once it ended (a chained one may follow)
+    (a, w), = p.windows
+    (_, b), = p.warm
+    L.observe(lv, a + POLL, POLL)                              # our cron trigger wakes KEDA ...
+    L.observe(lv, w, POLL)                                     # ... to its end; no request seen
+    held = L.plan(so, lv, w + 1, POLL)
+    assert held.scaled_object["spec"]["cooldownPeriod"] == math.ceil(b - w)
+    lv.windows = held.windows
+    after = L.plan(so, lv, b + 1, POLL)
+    assert after.windows == [] and after.warm == [] and after.scaled_object["spec"]["cooldownPeriod"] == 60
+    assert after.recheck_in is None
 
 
-def test_a_new_process_keeps_the_window_an_earlier_one_placed() -> None:
-    """After a restart or a leader change the windows on the ScaledObject are read back: one holding the
-    replica is kept to its end and KEDA's activity inside it is not taken for demand."""
+def test_a_window_holding_the_replica_stays_until_its_end() -> None:
+    """KEDA's advances inside our window do not move the anchor, and the window that woke the replica is kept
+    until its end (it is one minute long)."""
     so = scaled_object()
     lv = live(so)
     periodic(lv, 40, 1800)
     p = L.plan(so, lv, lv.prev + 2 * POLL, POLL)
-    (a, b), = p.windows
+    lv.windows = p.windows
+    (a, w), = p.windows
+    L.observe(lv, a + POLL, POLL)                              # the window woke the workload
+    mid = L.plan(so, lv, a + POLL + 1, POLL)
+    assert mid.windows == [(a, w)]
+    names = [t["name"] for t in mid.scaled_object["spec"]["triggers"] if t["name"].startswith(L.TRIGGER_PREFIX)]
+    assert names == [f"{L.TRIGGER_PREFIX}-0"]
+    lv.windows = mid.windows
+    assert L.plan(so, lv, w + 1, POLL).windows == []          # and goes once it ended; the hold goes on
+
+
+def test_a_new_process_keeps_the_window_and_the_hold_an_earlier_one_placed() -> None:
+    """After a restart or a leader change the windows on the ScaledObject are read back (KEDA's activity inside
+    them is not taken for demand), and the anchor comes with the stored state, so the hold goes on."""
+    so = scaled_object()
+    lv = live(so)
+    periodic(lv, 40, 1800)
+    p = L.plan(so, lv, lv.prev + 2 * POLL, POLL)
+    (a, w), = p.windows
+    (_, b), = p.warm
     stored = p.scaled_object
     stored["metadata"]["annotations"] = dict(stored["metadata"].get("annotations") or {})
     stored["status"] = {"lastActiveTime": iso(a + POLL)}
     fresh, err = L.new_live(stored, 0.01, POLL, 600.0, a + POLL + 1)
-    assert err is None and fresh.windows == [(a, b)]
-    assert L.plan(stored, fresh, a + POLL + 1, POLL).windows == [(a, b)]
+    assert err is None and fresh.windows == [(a, w)] and fresh.anchor == lv.anchor
+    again = L.plan(stored, fresh, a + POLL + 1, POLL)
+    assert again.windows == [(a, w)] and again.warm == [(a, b)]
+    assert again.scaled_object["spec"]["cooldownPeriod"] == math.ceil(b - w)
     assert not L.observe(fresh, a + 3 * POLL, POLL) and fresh.in_window
     junk = {"spec": {"triggers": [{"name": f"{L.TRIGGER_PREFIX}-0", "metadata": {"start": "x", "end": "61 1 1 1 *"}},
                                   "not a trigger"]}}
     assert L.placed_windows(junk, T0) == []
+    forged = json.loads(stored["metadata"]["annotations"][C.ANN_LEARNED_STATE])
+    forged["x"] = T0 + 10 * 86400                             # an anchor in the future: not believed
+    stored["metadata"]["annotations"][C.ANN_LEARNED_STATE] = json.dumps(forged)
+    odd, err = L.new_live(stored, 0.01, POLL, 600.0, a + POLL + 1)
+    assert err is None and odd.anchor == a + POLL
 
 
 def periodic(lv: L.Live, n: int, every: float, start: float = T0) -> float:
@@ -171,7 +181,7 @@ def test_learned_keep_alive_becomes_the_cooldown_and_the_state_round_trips() -> 
     assert L.plan(so, lv, end + 5, POLL).scaled_object["metadata"]["annotations"][C.ANN_LEARNED_STATE] == text
 
 
-def test_prewarm_is_a_dated_cron_window_placed_once_idle() -> None:
+def test_prewarm_is_a_dated_one_minute_wake_up_then_a_hold_by_cooldown() -> None:
     so = scaled_object()
     lv = live(so)
     end = periodic(lv, 40, 1800)                             # every half hour: longer than a keep-alive pays
@@ -179,22 +189,45 @@ def test_prewarm_is_a_dated_cron_window_placed_once_idle() -> None:
     assert d.mode == "pre-warm" and d.prewarm is not None
     busy = L.plan(so, lv, lv.prev + 5, POLL)                 # just active: no window yet, look again later
     assert busy.windows == [] and busy.recheck_in is not None and 0 < busy.recheck_in <= 2 * POLL
-    idle = L.plan(so, lv, lv.prev + 2 * POLL, POLL)
+    now = lv.prev + 2 * POLL
+    idle = L.plan(so, lv, now, POLL)
     assert len(idle.windows) == 1
-    a, b = idle.windows[0]
-    assert a % 60 == 0 and b % 60 == 0 and lv.prev < a < b
+    a, w = idle.windows[0]
+    (_, b), = idle.warm
+    assert a % 60 == 0 and w == a + 60 and b % 60 == 0 and lv.prev < a < w < b
+    assert idle.scaled_object["spec"]["cooldownPeriod"] == 60    # the learned keep-alive until the hold
     trig = [t for t in idle.scaled_object["spec"]["triggers"] if t["name"].startswith(L.TRIGGER_PREFIX)]
     assert len(trig) == 1
     md = trig[0]["metadata"]
     assert md["timezone"] == "Etc/UTC" and md["desiredReplicas"] == "1"
-    for key, t in (("start", a), ("end", b)):
+    for key, t in (("start", a), ("end", w)):
         assert cron_problem(md[key]) is None
-        w = dt.datetime.fromtimestamp(t, dt.timezone.utc)
-        assert md[key] == f"{w.minute} {w.hour} {w.day} {w.month} *"   # one date: it ends by itself
-    assert idle.recheck_in == b - (lv.prev + 2 * POLL) + 1.0        # and is taken out after it ended
+        x = dt.datetime.fromtimestamp(t, dt.timezone.utc)
+        assert md[key] == f"{x.minute} {x.hour} {x.day} {x.month} *"   # one date: it ends by itself
+    assert idle.recheck_in == a - 30 - now                   # the hold goes in 30 s before the wake-up
+    held = L.plan(so, lv, a - 30, POLL)
+    assert held.scaled_object["spec"]["cooldownPeriod"] == b - w  # from the window's end to the pre-warm's
+    assert held.recheck_in == 91.0                           # the window taken out once it ended, then the hold
     gone = L.plan(so, lv, b + 1, POLL)
-    assert gone.windows == []
+    assert gone.windows == [] and gone.scaled_object["spec"]["cooldownPeriod"] == 60
     assert end > 0
+
+
+def test_busy_advances_do_not_change_the_stored_state() -> None:
+    """While a workload is busy KEDA advances lastActiveTime every poll and the anchor follows, but the stored
+    state (the ScaledObject's annotation, written by server-side apply) changes only when an idle time ends or
+    a pre-warm is placed: a busy workload causes no writes."""
+    so = scaled_object()
+    lv = live(so)
+    periodic(lv, 40, 1800)
+    t = lv.prev + 1800
+    assert L.observe(lv, t, POLL)                               # a request: an idle time ended
+    texts = set()
+    for k in range(1, 20):                                      # busy for ten minutes, a poll at a time
+        L.observe(lv, t + k * POLL, POLL)
+        texts.add(L.plan(so, lv, t + k * POLL + 1, POLL).scaled_object["metadata"]["annotations"][
+            C.ANN_LEARNED_STATE])
+    assert len(texts) == 1 and lv.anchor == t + 19 * POLL
 
 
 def test_corrupt_or_oversized_state_falls_back_with_a_reason() -> None:

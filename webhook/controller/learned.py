@@ -117,7 +117,7 @@ class LearnedKeepAlive:
             live.shown = shown
             self.metrics.learned_decisions.labels(d.mode).inc()
             await self.recorder.emit(key + ("learned",), obj, EVENT_LEARNED,
-                                     f"keep-alive: learned: {learning.visible(d, p.windows)}")
+                                     f"keep-alive: learned: {learning.visible(d, p.warm)}")
         line = d.summary()
         if current != line:       # written when the decision changes, not when an estimate drifts
             obj = await self._show_learned(key, obj, line)

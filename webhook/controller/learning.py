@@ -12,9 +12,16 @@ Without request counts each wake-up counts as one request: the learner's cold-st
 wake-ups that wait, which is stricter than the share of requests (a busy period holds one or more requests).
 
 The learner (``webhook.learn``) is the one the simulator replays, unchanged. Its decision goes out only
-through the ScaledObject we already build: ``cooldownPeriod`` = the learned keep-alive, and a pre-warm = a
-cron trigger with a dated start and end (minute, hour, day, month), so it ends by itself. The state is an
-annotation on that ScaledObject (``STATE_ANNOTATION``, at most ``webhook.learn.state.MAX_ENCODED`` bytes).
+through the ScaledObject we already build: ``cooldownPeriod`` = the learned keep-alive, and a pre-warm =
+a wake-up and a hold. The wake-up is a cron trigger with a dated start and end (minute, hour, day, month) one
+minute long (``wake_length``), so it ends by itself; the hold is a longer ``cooldownPeriod`` from the wake-up's
+start to the pre-warm's end, after which the learned keep-alive comes back. The hold is not a trigger on
+purpose: a trigger active through the whole pre-warm would set lastActiveTime all along it, and a request the
+pre-warm serves could not be told from none (the learner would never see its pre-warms work, and would anchor
+the next one on the window's end, after the request). Only a request inside the one-minute wake-up is missed.
+If llmaz-serverless stops during a hold, the workload still goes back to zero by itself, one hold after the
+wake-up. The state is an annotation on that ScaledObject (``STATE_ANNOTATION``, at most
+``webhook.learn.state.MAX_ENCODED`` bytes), with the anchor of the last pre-warm placed.
 """
 
 from __future__ import annotations
@@ -26,13 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import constants as C
-from ..learn import STARTUP_S, Decision, Learner, Params, State, StateError, decode, encode
+from ..learn import STARTUP_S, Decision, Learner, Params, State, StateError, decode, encode, prewarm_span
 
 STATE_ANNOTATION = C.ANN_LEARNED_STATE
 TRIGGER_PREFIX = "learned-prewarm"
-# Windows anchored on activity inside a window, in a row, before activity outside one is needed again: a
-# workload that stopped costs at most this many + 1 unused pre-warms (see ``observe``).
-MAX_CHAIN = 3
+DAILY_PREFIX = f"{TRIGGER_PREFIX}-daily"
 DAY = 86400.0
 
 
@@ -42,11 +47,12 @@ class Live:
 
     learner: Learner
     prev: float | None = None                                   # the last lastActiveTime seen
-    windows: list[tuple[float, float]] = field(default_factory=list)   # pre-warm windows placed (epoch s)
+    windows: list[tuple[float, float]] = field(default_factory=list)   # cron windows placed (epoch s)
+    daily: list[tuple[float, float]] = field(default_factory=list)     # ... of them, the time-of-day ones
     shown: tuple[Any, ...] | None = None                        # the decision last made visible
-    in_window: bool = False          # ``prev`` was seen inside a pre-warm window (KEDA active for our cron)
-    chain: int = 0                   # windows in a row anchored on activity inside a window
-    anchored: float | None = None    # the anchor of the last window placed
+    in_window: bool = False          # ``prev`` was seen inside a window of ours (KEDA active for our cron)
+    blind: bool = False              # a time-of-day window ran since the last activity (its requests unseen)
+    anchor: float | None = None      # the last lastActiveTime not ours: relative pre-warms are placed from it
 
 
 def parse_time(value: Any) -> float | None:
@@ -93,7 +99,15 @@ def new_live(so: dict[str, Any] | None, objective: float, polling_s: float, cool
     if state.first is None:
         state.t0 = now
     learner = Learner(objective, startup_s, polling_s, params, state=state, fallback_s=cooldown_s)
-    return Live(learner, prev=last_active(so), windows=placed_windows(so, now)), error
+    live = Live(learner, prev=last_active(so), windows=placed_windows(so, now),
+                daily=placed_windows(so, now, daily=True))
+    # The anchor of the pre-warm placed last is stored with the state; a restart during that pre-warm goes on
+    # with it (lastActiveTime is then the wake-up's). Otherwise, or if it is no time this workload could have
+    # been active at, the last activity is lastActiveTime (a newer one moves it at once).
+    x, live.anchor = state.anchor, live.prev
+    if x is not None and live.prev is not None and 0 <= live.prev - x <= params.max_keep_alive_s:
+        live.anchor = x
+    return live, error
 
 
 def cron_time(expr: Any, now: float) -> float | None:
@@ -108,12 +122,14 @@ def cron_time(expr: Any, now: float) -> float | None:
     return min(times, key=lambda t: abs(t - now))
 
 
-def placed_windows(so: dict[str, Any] | None, now: float) -> list[tuple[float, float]]:
-    """The pre-warm windows an earlier process placed on the ScaledObject (after a restart or a leader change),
-    so that one holding the replica is kept to its end and the activity inside it is not taken for demand."""
+def placed_windows(so: dict[str, Any] | None, now: float, daily: bool = False) -> list[tuple[float, float]]:
+    """The windows an earlier process placed on the ScaledObject (after a restart or a leader change), so that
+    one holding the replica is kept to its end and the activity inside it is not taken for demand. ``daily``:
+    only the time-of-day ones."""
     out = []
     for trig in ((so or {}).get("spec") or {}).get("triggers") or []:
-        if not isinstance(trig, dict) or not str(trig.get("name", "")).startswith(TRIGGER_PREFIX):
+        if not isinstance(trig, dict) or not str(trig.get("name", "")).startswith(DAILY_PREFIX if daily
+                                                                                  else TRIGGER_PREFIX):
             continue
         md = trig.get("metadata") or {}
         a, b = cron_time(md.get("start"), now), cron_time(md.get("end"), now)
@@ -126,26 +142,35 @@ def observe(live: Live, t: float | None, polling_s: float) -> bool:
     """Feed one lastActiveTime to the learner. True when it ended an idle time (the state changed).
 
     The first time seen only sets the reference (after a restart the idle time in progress is lost, never
-    counted twice). Inside a pre-warm window we placed (and one poll after) KEDA is active because of our cron
-    trigger, so a request there cannot be told from none: such an advance moves the reference (the next window
-    is anchored on it, see ``plan``) but teaches nothing, and neither does the first idle time measured from
-    it (it starts at a window, not at a request)."""
+    counted twice). Inside a window we placed (and one poll after) KEDA is active because of our cron trigger,
+    so a request there cannot be told from none: such an advance teaches nothing and does not move the anchor.
+    The next idle time is measured from the last activity before the window: a pre-warm's wake-up is one
+    minute long, and what comes after it (a request the pre-warm serves, or none) is seen. After a time-of-day
+    window, which holds the replica for its whole length, the first idle time is not counted (a request inside
+    it may have come since)."""
     if t is None:
         return False
     if live.prev is None or t <= live.prev:
-        live.prev = t if live.prev is None else live.prev
+        if live.prev is None:
+            live.prev = t
+            if live.anchor is None:
+                live.anchor = t
         return False
-    if any(a <= t <= b + polling_s for a, b in live.windows):
+    daily = any(a <= t <= b + polling_s for a, b in live.daily)
+    if daily or any(a <= t <= b + polling_s for a, b in live.windows):
         live.prev, live.in_window = t, True
+        live.blind = live.blind or daily
         return False
-    gap, after_window = t - live.prev, live.in_window
-    live.prev, live.in_window = t, False
+    gap, after_window, anchor = t - live.prev, live.in_window, live.anchor
+    live.prev, live.in_window, live.anchor = t, False, t
     if gap <= 2 * polling_s:
+        if after_window:
+            live.blind = False             # activity that began inside the window goes on: it is the anchor now
         return False                       # KEDA's poll-by-poll advance while busy
-    live.chain = 0                         # demand seen outside a window: windows may be chained again
-    if after_window:
+    blind, live.blind = live.blind, False
+    if blind or anchor is None:
         return False
-    live.learner.idle_ended(t, gap)
+    live.learner.idle_ended(t, t - anchor)
     live.learner.requests(t, 1)
     return True
 
@@ -170,41 +195,46 @@ def cron_trigger(name: str, start: float, end: float) -> dict[str, Any]:
 class Plan:
     scaled_object: dict[str, Any]
     decision: Decision
-    windows: list[tuple[float, float]]
-    recheck_in: float | None            # seconds until the plan should be looked at again
+    windows: list[tuple[float, float]]              # cron windows on the ScaledObject
+    recheck_in: float | None                        # seconds until the plan should be looked at again
+    warm: list[tuple[float, float]] = field(default_factory=list)   # what the pre-warms hold warm (shown)
 
 
 def plan(so: dict[str, Any], live: Live, now: float, polling_s: float, params: Params = Params()) -> Plan:
-    """The ScaledObject with the learned decision applied, given the workload's last activity ``live.prev``.
+    """The ScaledObject with the learned decision applied, given the workload's last activity ``live.anchor``.
 
     A relative pre-warm is placed once the workload has been idle two polling intervals (while it is busy the
-    replica is up anyway, and the window would move with every poll); the next daily window is placed up to a
-    day ahead. Windows that ended are left out. A window anchored on activity inside an earlier window (a hit
-    or nothing, KEDA cannot tell) is placed at most ``MAX_CHAIN`` times in a row. Updates ``live``'s window
-    bookkeeping (``anchored``, ``chain``)."""
-    t = live.prev if live.prev is not None else now
-    d = live.learner.decision(t)
+    replica is up anyway, and the pre-warm would move with every poll): a one-minute cron window that wakes it
+    and, from shortly before that window until the pre-warm's end, a ``cooldownPeriod`` that holds it there.
+    Windows that ended are left out; the next daily window is placed up to a day ahead. Updates ``live.daily``."""
+    anchor = live.anchor if live.anchor is not None else live.prev if live.prev is not None else now
+    d = live.learner.decision(anchor)
     out = copy.deepcopy(so)
     spec = out.setdefault("spec", {})
-    if d.keep_alive_s is not None:
-        spec["cooldownPeriod"] = int(math.ceil(d.keep_alive_s))
-    # A window already holding the replica stays until its end: the activity it causes moves ``live.prev``,
-    # and re-planning from that anchor would take the trigger out and cut the pre-warm to one keep-alive.
-    # A window not yet started is planned afresh (a request since then moved the anchor it was placed for).
+    cooldown = None if d.keep_alive_s is None else int(math.ceil(d.keep_alive_s))
+    # A window that already woke the replica stays until its end (it ends by itself within minutes).
     windows: list[tuple[float, float]] = [(a, b) for a, b in live.windows if a <= now < b]
+    daily: list[tuple[float, float]] = [w for w in windows if w in live.daily]
+    warm: list[tuple[float, float]] = []
     recheck: list[float] = []
-    chained_out = live.in_window and live.chain >= MAX_CHAIN and live.anchored != live.prev
-    if d.prewarm is not None and live.prev is not None and not chained_out:
-        a = math.floor((live.prev + d.prewarm[0]) / 60.0) * 60.0
-        b = math.ceil((live.prev + d.prewarm[1]) / 60.0) * 60.0
-        settle = live.prev + 2 * polling_s
+    if d.prewarm is not None and live.anchor is not None:
+        a, w, b = prewarm_span(anchor, d.prewarm, polling_s)
+        settle = anchor + 2 * polling_s
+        # The hold goes in just before the wake-up (so a replica woken is held even if we stop right after),
+        # and not before the keep-alive after the last activity has taken the replica away.
+        hold_from = max(a - 30.0, anchor + (cooldown or 0) + 3 * polling_s)
         if now < settle:
             recheck.append(settle - now)
-        elif b > now and b > a and (a, b) not in windows:
-            windows.append((a, b))
-            if live.anchored != live.prev:
-                live.anchored = live.prev
-                live.chain += 1 if live.in_window else 0
+        elif b > now:
+            warm.append((a, b))
+            if w > now and (a, w) not in windows:
+                windows.append((a, w))
+            if now >= hold_from:
+                if cooldown is not None and b > w:
+                    cooldown = max(cooldown, int(math.ceil(b - w)))
+                recheck.append(b - now + 1.0)           # the learned keep-alive comes back after the hold
+            else:
+                recheck.append(hold_from - now)
     for start, end in d.daily:
         day0 = math.floor(now / DAY) * DAY
         for k in (0, 1):
@@ -213,19 +243,28 @@ def plan(so: dict[str, Any], live: Live, now: float, polling_s: float, params: P
             if b > now:
                 if (a, b) not in windows:
                     windows.append((a, b))
+                    daily.append((a, b))
                 break
+    if cooldown is not None:
+        spec["cooldownPeriod"] = cooldown
     triggers = list(spec.get("triggers") or [])
-    for i, (a, b) in enumerate(sorted(windows)):
+    wake = [x for x in sorted(windows) if x not in daily]
+    for i, (a, b) in enumerate(wake):
         triggers.append(cron_trigger(f"{TRIGGER_PREFIX}-{i}", a, b))
-        recheck.append(b - now + 1.0)      # take it out once it ended
+    for i, (a, b) in enumerate(sorted(daily)):
+        triggers.append(cron_trigger(f"{DAILY_PREFIX}-{i}", a, b))
+    recheck += [b - now + 1.0 for a, b in windows]      # take each out once it ended
     spec["triggers"] = triggers
+    live.daily = sorted(daily)
     state = live.learner.state
+    if warm and d.prewarm is not None:
+        state.anchor = anchor            # written once per pre-warm placed, not on every poll while busy
     if state.first is not None:
         meta = out.setdefault("metadata", {})
         ann = dict(meta.get("annotations") or {})
         ann[STATE_ANNOTATION] = encode(state, state.t0, params)
         meta["annotations"] = ann
-    return Plan(out, d, sorted(windows), min(recheck) if recheck else None)
+    return Plan(out, d, sorted(windows), min(recheck) if recheck else None, sorted(warm + daily))
 
 
 def visible(d: Decision, windows: list[tuple[float, float]]) -> str:

@@ -8,15 +8,34 @@ clocks, no I/O; every time is passed in.
 
 from __future__ import annotations
 
+import math
+
 from .decide import Decision, decide
 from .state import Params, State, StateError, decode, encode, observe_idle, observe_requests
 
-__all__ = ["STARTUP_S", "Decision", "Learner", "Params", "State", "StateError", "decide", "decode", "encode", "parse_objective"]
+__all__ = ["STARTUP_S", "Decision", "Learner", "Params", "State", "StateError", "decide", "decode", "encode",
+           "parse_objective", "prewarm_span", "wake_length"]
 
 # A replica's start (scheduling + image pull + model load) when the workload does not say (``startup-time``):
 # the simulator's default pod timing (webhook/simulate/model.py ``PodTiming``).
 STARTUP_S = 142.0
 REDECIDE_EVERY = 16     # observations after which a cached decision is recomputed
+
+
+def wake_length(polling_s: float) -> float:
+    """How long the cron window that wakes a workload for a pre-warm lasts: whole minutes (a cron expression's
+    unit), at least one polling interval, so that KEDA's loop sees it. The replica is then held by a longer
+    cooldown, not by the window (see ``webhook.controller.learning``)."""
+    return max(60.0, math.ceil(polling_s / 60.0) * 60.0)
+
+
+def prewarm_span(anchor: float, prewarm: tuple[float, float], polling_s: float) -> tuple[float, float, float]:
+    """Where a relative pre-warm ``prewarm`` (seconds after ``anchor``) goes on the clock, as the reconciler
+    places it: the wake-up window's start and end (whole minutes, ``wake_length`` long) and the end of the hold
+    (rounded up to a minute, never before the wake-up's end)."""
+    a = math.floor((anchor + prewarm[0]) / 60.0) * 60.0
+    w = a + wake_length(polling_s)
+    return a, w, max(w, math.ceil((anchor + prewarm[1]) / 60.0) * 60.0)
 
 
 class Learner:

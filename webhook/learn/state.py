@@ -76,6 +76,8 @@ class State:
     waited: float = 0.0                   # faded requests that met a cold start under the learner's decisions
     judged: float = 0.0                   # faded requests whose cold or warm start is known (``waited``'s base)
     head_cold: bool | None = None         # whether the last idle time ended in a cold start (None: unknown)
+    anchor: float | None = None           # a caller's reference for its last relative pre-warm (the
+                                          # reconciler's anchor); kept with the state, not used by the learner
 
     def weight(self, t: float, p: Params) -> float:
         w = 2.0 ** ((t - self.t0) / p.half_life_s)
@@ -166,6 +168,8 @@ def encode(s: State, t: float, p: Params) -> str:
            "r": _num(s.requests * k), "b": bins, "s": slots}
     if s.judged * k >= 1e-3:                # the budget, when known (absent in states written before it)
         doc["w"] = [_num(s.waited * k), _num(s.judged * k)]
+    if s.anchor is not None:
+        doc["x"] = round(s.anchor)
     out = json.dumps(doc, separators=(",", ":"))
     while len(out) > MAX_ENCODED and bins:
         del bins[min(bins, key=lambda key: bins[key][0])]
@@ -186,6 +190,10 @@ def decode(text: str) -> State:
             raise StateError(f"learned state version {doc.get('v')!r} is not {VERSION}")
         s = State(t0=float(doc["t"]), first=None if doc.get("first") is None else float(doc["first"]),
                   requests=float(doc.get("r", 0.0)))
+        if doc.get("x") is not None:
+            s.anchor = float(doc["x"])
+            if not math.isfinite(s.anchor):
+                raise StateError("learned state: the anchor is not a time")
         if "w" in doc:
             s.waited, s.judged = float(doc["w"][0]), float(doc["w"][1])
             if not 0 <= s.waited <= s.judged:
