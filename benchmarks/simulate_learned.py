@@ -28,7 +28,7 @@ from webhook.models import ModelCatalog  # noqa: E402
 from webhook.policy import Policy  # noqa: E402
 from webhook.preview import load_documents  # noqa: E402
 from webhook.simulate.baselines import baselines, from_settings  # noqa: E402
-from webhook.simulate.learned import LearnedConfig  # noqa: E402
+from webhook.simulate.learned import SIGNALS, LearnedConfig  # noqa: E402
 from webhook.simulate.model import PodTiming  # noqa: E402
 from webhook.simulate.recommend import COOLDOWNS, candidate_annotations, resolve  # noqa: E402
 from webhook.simulate.replay import STARTS, Replay, merge, run_configs  # noqa: E402
@@ -42,6 +42,17 @@ def half(name: str) -> str:
     """The fixed tuning / held-out split of a fleet trace by workload: SHA-256 of ``SPLIT_SALT:name``, first
     byte even -> "tune", odd -> "held-out". Fixed so that what was tuned on is never reported as held out."""
     return "tune" if hashlib.sha256(f"{SPLIT_SALT}:{name}".encode()).digest()[0] % 2 == 0 else "held-out"
+
+
+def example_workload() -> tuple[dict, ModelCatalog, Policy]:
+    """The Playground of examples/gpu-chat-http.yaml, its OpenModel and the built-in policy: the workload every
+    trace's workloads are replayed as."""
+    docs = load_documents(os.path.join(ROOT, "examples", "gpu-chat-http.yaml"))
+    models = ModelCatalog()
+    for d in docs:
+        if d.get("kind") == "OpenModel":
+            models.put(d)
+    return next(d for d in docs if d.get("kind") == "Playground"), models, Policy.default()
 
 
 def main() -> int:
@@ -62,16 +73,14 @@ def main() -> int:
                          "replayed for that row only)")
     ap.add_argument("--within-trace", action="store_true",
                     help="bill every configuration only up to the trace's end (GPU time after it is not counted)")
+    ap.add_argument("--signal", action="append", choices=SIGNALS,
+                    help="what the learner is told (default requests; given twice, one row each, side by side)")
     ap.add_argument("--out")
     args = ap.parse_args()
+    signals = args.signal or ["requests"]
+    learned = {("learned" if sig == "requests" else f"learned ({sig})"): sig for sig in signals}
     params = Params(**{k: float(v) for k, v in (p.split("=", 1) for p in args.param)})
-    docs = load_documents(os.path.join(ROOT, "examples", "gpu-chat-http.yaml"))
-    obj = next(d for d in docs if d.get("kind") == "Playground")
-    models = ModelCatalog()
-    for d in docs:
-        if d.get("kind") == "OpenModel":
-            models.put(d)
-    policy = Policy.default()
+    obj, models, policy = example_workload()
     timing = PodTiming(model_load_s=args.model_load)
     replay = Replay(start=args.start, warm_up_s=args.warm_up * 3600.0)
     t0, w0 = time.process_time(), time.time()
@@ -87,7 +96,7 @@ def main() -> int:
         f"cooldown {cd}s (hindsight only)": resolve(obj, candidate_annotations(base, cd, 0, base.polling_interval,
                                                                               None), policy, models)
         for cd in LONGER_COOLDOWNS if cd <= args.hindsight_up_to}
-    names = ["GPU defaults", "llmaz, 1 fixed replica", "llmaz elasticConfig", *uniform, *longer, "learned"]
+    names = ["GPU defaults", "llmaz, 1 fixed replica", "llmaz elasticConfig", *uniform, *longer, *learned]
     per: dict[str, list] = {n: [] for n in names}
     cpu = {n: 0.0 for n in names}
     for tr in traces:
@@ -95,7 +104,7 @@ def main() -> int:
         b = baselines(obj, ours)
         configs = {"GPU defaults": ours, "llmaz, 1 fixed replica": b["llmaz"], "llmaz elasticConfig": b["elastic"],
                    **{n: from_settings(s, policy, tr.horizon, tr.origin, 1) for n, s in {**uniform, **longer}.items()},
-                   "learned": LearnedConfig(ours, args.objective / 100, params)}
+                   **{n: LearnedConfig(ours, args.objective / 100, params, sig) for n, sig in learned.items()}}
         for n, cfg in configs.items():      # one at a time for the CPU figure; billed to a common end below
             t = time.process_time()
             rp = replace(replay, until_s=tr.horizon) if args.within_trace else replay
@@ -116,7 +125,8 @@ def main() -> int:
     report = {sub: table(names, per, ix, uniform, list(longer), cpu, args.objective / 100, sub, traces)
               for sub, ix in subsets.items()}
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-    print(f"learned: reading {read_s:.1f}s + replay {cpu['learned']:.1f}s CPU; max RSS {rss} MiB "
+    print(f"learned: reading {read_s:.1f}s + replay {' / '.join(f'{cpu[n]:.1f}' for n in learned)}s CPU; "
+          f"max RSS {rss} MiB "
           f"(whole run, {time.time() - w0:.0f}s wall)")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:

@@ -11,6 +11,7 @@ import yaml
 from webhook import constants as C
 from webhook.policy import Policy
 from webhook.settings import analyze
+from webhook.learn import Learner, Params
 from webhook.simulate.learned import simulate_learned
 from webhook.simulate.model import PodTiming, ScalingConfig, simulate
 from webhook.cli import main
@@ -50,6 +51,53 @@ def test_a_prewarm_that_finds_no_request_is_counted_unused_and_lapses_by_itself(
     assert run.result.unused_prewarms == 1
     t_last, n_last = run.result.timeline[-1]
     assert n_last == 0 and t_last < 40 * 3600 + 1800 + 600   # the window ended and KEDA scaled in
+
+
+def test_keda_status_signal_learns_the_same_from_one_request_per_wake_up() -> None:
+    """lastActiveTime tells wake-ups, not requests: where every wake-up is one request and no pre-warm is
+    placed, both signals learn the same idle times and reach the same decisions and figures."""
+    arr = [(i * 150.0 + (40.0 if i % 3 == 0 else 0.0), 1, 5.0) for i in range(400)]
+    by_requests = simulate_learned(arr, ZERO, T, 400 * 150.0, 0.01)
+    by_status = simulate_learned(arr, ZERO, T, 400 * 150.0, 0.01, signal="keda-status")
+    assert by_status.final == by_requests.final and by_status.final.startswith("keep-alive")
+    assert by_status.result.waited == by_requests.result.waited
+    assert by_status.result.gpu_seconds == pytest.approx(by_requests.result.gpu_seconds)
+
+
+def test_keda_status_signal_sees_the_requests_a_prewarm_serves() -> None:
+    """Live, a pre-warm is a one-minute wake-up window and a hold by cooldown, so a request the pre-warm serves
+    moves lastActiveTime and is seen: on a strict period the learner told only KEDA's lastActiveTime learns the
+    same pre-warm as one told every request, and its requests find the replica warm."""
+    arr = periodic(1800.0, 48)
+    by_requests = simulate_learned(arr, ZERO, T, 48 * 3600.0, 0.01)
+    by_status = simulate_learned(arr, ZERO, T, 48 * 3600.0, 0.01, signal="keda-status")
+    assert "pre-warm" in by_requests.final and "pre-warm" in by_status.final
+    assert by_status.final == by_requests.final                  # every idle time seen
+    assert by_status.result.waited == by_requests.result.waited <= 6
+    assert by_status.result.unused_prewarms == 0 and by_status.result.prewarms == by_requests.result.prewarms
+    assert by_status.result.gpu_seconds == pytest.approx(by_requests.result.gpu_seconds, rel=0.01)
+
+
+def test_keda_status_signal_counts_a_burst_as_one_request_and_skips_gaps_within_two_polls() -> None:
+    # bursts of 40 requests every 50 minutes, each burst two groups 20 s apart (within two 15 s polls)
+    arr = sorted([(i * 3000.0, 20, 5.0) for i in range(20)] + [(i * 3000.0 + 20.0, 20, 5.0) for i in range(20)])
+    params = Params(half_life_s=1e9)
+    by_requests, by_status = (Learner(0.01, T.startup_s, 15.0, params, fallback_s=600.0) for _ in range(2))
+    simulate_learned(arr, ZERO, T, 20 * 3000.0, 0.01, params, learner=by_requests)
+    simulate_learned(arr, ZERO, T, 20 * 3000.0, 0.01, params, learner=by_status, signal="keda-status")
+    idle_times = lambda lr: sum(v[0] for v in lr.state.bins.values())   # noqa: E731
+    assert idle_times(by_status) == pytest.approx(19.0, rel=1e-4)    # the 15 s gaps are KEDA's busy advance
+    assert idle_times(by_requests) > 25                                # ... which a request count tells
+    assert by_requests.state.requests == pytest.approx(800.0, rel=1e-4)
+    assert by_status.state.requests == pytest.approx(19.0, rel=1e-4)  # one per wake-up it could measure
+
+
+def test_keda_status_signal_an_unused_prewarm_lapses_and_places_no_other() -> None:
+    arr = periodic(1800.0, 40)                           # then silence for 8 hours
+    by_status = simulate_learned(arr, ZERO, T, 48 * 3600.0, 0.01, keep_timeline=True, signal="keda-status").result
+    assert by_status.unused_prewarms == 1
+    t_last, n_last = by_status.timeline[-1]
+    assert n_last == 0 and t_last < 40 * 3600 + 3600 + 600   # the hold ended and KEDA scaled in for good
 
 
 def test_without_enough_history_the_static_cooldown_applies() -> None:
@@ -113,9 +161,15 @@ def test_cli_simulate_learned_reports_prewarms_and_workload_shares(tmp_path, cap
     code = main(["simulate", "--trace", str(trace), "-f", str(manifest), "--model-load", "30s", "--out", str(out)])
     text = capsys.readouterr().out
     assert code == 0 and "keep-alive learned per workload" in text and "pre-warms" in text
+    assert "learning from KEDA's lastActiveTime, as live" in text            # what the reconciler is told
     ours = json.loads(out.read_text())["results"]["llmaz-serverless"]
     assert ours["prewarms"] > 50 and ours["unused_prewarms"] <= 1
     assert ours["waited_share"] < 0.4
+    code = main(["simulate", "--trace", str(trace), "-f", str(manifest), "--model-load", "30s", "--out", str(out),
+                 "--learn-from", "requests"])
+    assert code == 0 and "learning from every request" in capsys.readouterr().out
+    # one request per wake-up and no time-of-day window: both signals tell the learner the same
+    assert json.loads(out.read_text())["results"]["llmaz-serverless"]["waited_share"] == ours["waited_share"]
 
 
 def test_recommend_offers_the_learned_keep_alive(tmp_path, capsys) -> None:

@@ -22,11 +22,14 @@ from ..triggers import duration_seconds
 from . import report
 from .baselines import SimulationError, baselines, describe, from_settings
 from .gpus import per_replica
-from .learned import LearnedConfig, learned_config
+from .learned import SIGNALS, LearnedConfig, learned_config
 from .model import PodTiming, Result
 from .recommend import parse_objective, recommend, resolve
 from .replay import STARTS, Replay, run_configs
 from .traces import FORMATS, TIME_UNITS, ServiceModel, Trace, TraceError, load
+
+# What the title says the learner was told, per ``--learn-from``.
+LEARN_FROM = {"keda-status": "KEDA's lastActiveTime, as live", "requests": "every request"}
 
 EXIT_OK, EXIT_UNMET, EXIT_INPUT = 0, 1, 2
 
@@ -86,7 +89,7 @@ def _replay(args: argparse.Namespace) -> Replay:
     if gpus is not None and not 0 <= gpus <= 4096:
         raise _Usage(f"--gpus-per-replica {gpus} is out of range; give 0 to 4096")
     return Replay(start=args.start, warm_up_s=_seconds(args.warm_up, "--warm-up"), until_s=until,
-                  gpus_per_replica=gpus)
+                  gpus_per_replica=gpus, learn_from=args.learn_from)
 
 
 def _inputs(args: argparse.Namespace) -> tuple[dict[str, Any], Policy, ModelCatalog, list[Trace], PodTiming]:
@@ -130,7 +133,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     keep = len(traces) == 1
     for tr in traces:
         ours = from_settings(settings, policy, tr.horizon, tr.origin, gpus)
-        configs = {"llmaz-serverless": learned_config(settings, ours),
+        configs = {"llmaz-serverless": learned_config(settings, ours, replay.learn_from),
                    **{f"baseline {k}": v for k, v in baselines(obj, ours).items()}}
         for name, r in run_configs(tr, configs, timing, replay, keep_timeline=keep).items():
             totals[name] = totals[name].merge(r) if name in totals else r
@@ -147,7 +150,7 @@ def run_simulate(args: argparse.Namespace) -> int:
              + ("(to --until)" if replay.until_s is not None else "(until back at rest)"))
     if isinstance(learned_config(settings, cfg0), LearnedConfig):
         title += (f"; keep-alive learned per workload (objective {settings.cold_start_objective * 100:g}%; the "
-                  "cooldown until it has enough history)")
+                  f"cooldown until it has enough history; learning from {LEARN_FROM[replay.learn_from]})")
     notes = sorted({n for t in traces for n in t.notes})
     warnings = _warnings(cfg0, timing)
     for w in warnings:
@@ -242,6 +245,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed for arrivals generated from counts or rates")
     p.add_argument("--time-column", help="timestamp column of a CSV trace (default: timestamp, time, ...)")
     p.add_argument("--limit", type=int, help="fleet traces: only the first N workloads")
+    p.add_argument("--learn-from", default="keda-status", choices=SIGNALS,
+                   help="keep-alive: learned only: what the learner is told. keda-status (default) = what the "
+                   "reconciler reads live, KEDA's lastActiveTime (each wake-up one request, a pre-warm's own "
+                   "requests not seen); requests = every request, as a request-count metric would tell")
     p.add_argument("--out", help="write the figures as JSON to this file")
     p.add_argument("--plot", help="draw replicas over time to this PNG (one workload; needs matplotlib: "
                    "pip install '.[plot]' from a clone)")

@@ -186,7 +186,7 @@ def score_each(traces: Sequence[Trace], s: Settings, policy: Policy, timing: Pod
     """One result per trace, not yet brought to a common end (see ``replay.settle``)."""
     out = []
     for tr in traces:
-        cfg = learned_config(s, from_settings(s, policy, tr.horizon, tr.origin, gpus))
+        cfg = learned_config(s, from_settings(s, policy, tr.horizon, tr.origin, gpus), replay.learn_from)
         out.append(replay_one(tr, cfg, timing, replay, False, score_from))
     return out
 

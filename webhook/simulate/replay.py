@@ -36,6 +36,7 @@ class Replay:
     warm_up_s: float = 0.0
     until_s: float | None = None             # None: until at rest
     gpus_per_replica: int | None = None      # None: derived from the workload (``gpus.per_replica``)
+    learn_from: str = "keda-status"          # keep-alive: learned: what the learner is told (``learned.SIGNALS``)
 
 
 def run_configs(trace: Trace, configs: Mapping[str, ScalingConfig | LearnedConfig], timing: PodTiming, replay: Replay,
@@ -52,7 +53,8 @@ def replay_one(trace: Trace, cfg: ScalingConfig | LearnedConfig, timing: PodTimi
     """One configuration on one trace; a ``LearnedConfig`` is replayed with its learner (``learned``)."""
     if isinstance(cfg, LearnedConfig):
         return simulate_learned(trace.arrivals, cfg.config, timing, replay.until_s, cfg.objective, cfg.params,
-                                trace.day_offset(), keep_timeline, replay.start, score_from).result
+                                trace.day_offset(), keep_timeline, replay.start, score_from,
+                                signal=cfg.signal).result
     return simulate(trace.arrivals, cfg, timing, replay.until_s, keep_timeline, replay.start, score_from)
 
 
