@@ -113,6 +113,28 @@ class PrometheusSettings(_Strict):
     authRef: str | None = None
 
 
+class LearnFrom(_Strict):
+    """What the reconciler learns ``keep-alive: learned`` workloads from (``webhook.controller.requestcounts``).
+
+    ``requests``: each request and when it came, read from Prometheus as the HTTP add-on's interceptor counts
+    them (per InterceptorRoute, so only workloads with the ``http`` trigger), with KEDA's status whenever those
+    counts cannot be read; ``keda-status``: KEDA's ``lastActiveTime`` only (no Prometheus needed; each wake-up
+    counts as one request). The two queries are cumulative counters summed by route: the requests completed,
+    and the sum of their durations (which dates their arrivals). Read from ``prometheus.serverAddress``."""
+
+    source: Literal["requests", "keda-status"] = "requests"
+    countQuery: str = Field(default="sum by (route_namespace, route_name) (interceptor_request_count_total)",
+                            min_length=1, max_length=2048)
+    durationQuery: str = Field(
+        default="sum by (route_namespace, route_name) (interceptor_request_duration_seconds_sum)",
+        min_length=1, max_length=2048)
+    namespaceLabel: str = Field(default="route_namespace", min_length=1, max_length=63)
+    nameLabel: str = Field(default="route_name", min_length=1, max_length=63)
+    interval: Seconds = Field(default=15, ge=1, le=300, description="how often Prometheus is read")
+    step: Seconds = Field(default=5, ge=1, le=300, description="resolution of the counts read")
+    timeout: Seconds = Field(default=5, ge=1, le=60, description="bound of one Prometheus query")
+
+
 class AnnotationSettings(_Strict):
     """What happens to a misspelt annotation: ``unknown`` keys under serverless.llmaz.io/, and keys whose prefix
     is a near miss of it (serverless.llmaz.com/), are a warning by default; ``deny`` refuses the object."""
@@ -158,6 +180,7 @@ class Policy(_Strict):
     maxReplicasCap: int = Field(default=64, ge=1, description="no workload may ask for more")
     http: HTTPSettings = HTTPSettings()
     prometheus: PrometheusSettings = PrometheusSettings()
+    learnFrom: LearnFrom = LearnFrom()   # what keep-alive: learned learns from (webhook/controller/requestcounts.py)
     drain: DrainPolicy = DrainPolicy()   # scale-in waits for work in progress (webhook/drain.py)
     timezone: str = "UTC"
     annotations: AnnotationSettings = AnnotationSettings()

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 KEDA_NS = "keda"
 INTERCEPTOR_IP, SCALER_IP, PROMETHEUS_IP = "10.243.1.1", "10.243.1.2", "10.243.1.3"
 PROXY_PORT, ADMIN_PORT, SCALER_PORT, PROMETHEUS_PORT = 18080, 19090, 19091, 9090
+INTERCEPTOR_METRICS_PORT = 12223     # the interceptor's Prometheus exporter (its default 2223, moved off it)
 
 
 def start_http_addon(stack: "LiveStack") -> None:
@@ -41,10 +42,14 @@ def start_http_addon(stack: "LiveStack") -> None:
     # add-on's default pool (200 idle connections per host) every request keeps riding the connections opened
     # to the first replica, so replicas added by scale-out get no traffic (measured: all requests on replica
     # 0). docs/deploy.md recommends 1 for LLM serving, where a connection costs nothing next to a request.
+    # The interceptor exports its request counts per route (scraped below, as a cluster with the add-on and
+    # Prometheus would); the scaler's exporter stays off (both would take the same default port).
     interceptor = stack.spawn("keda-http-interceptor", [stack.bins["keda-http-interceptor"]],
                               KEDA_HTTP_PROXY_PORT=str(PROXY_PORT), KEDA_HTTP_ADMIN_PORT=str(ADMIN_PORT),
                               KEDA_HTTP_MAX_IDLE_CONNS_PER_HOST=os.environ.get(
-                                  "LLMAZ_SERVERLESS_E2E_INTERCEPTOR_IDLE_CONNS", "1"), **env)
+                                  "LLMAZ_SERVERLESS_E2E_INTERCEPTOR_IDLE_CONNS", "1"),
+                              **{**env, "OTEL_PROM_EXPORTER_ENABLED": "true",
+                                 "OTEL_PROM_EXPORTER_PORT": str(INTERCEPTOR_METRICS_PORT)})
     wait("HTTP add-on interceptor answering", 60,
          lambda: _get(INTERCEPTOR_IP, ADMIN_PORT, "/readyz") == 200 or _get(INTERCEPTOR_IP, ADMIN_PORT,
                                                                              "/queue") == 200, interceptor)
@@ -76,6 +81,9 @@ def start_prometheus(stack: "LiveStack") -> None:
                 {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
                 {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
             ],
+        }, {
+            "job_name": "http-add-on-interceptor",
+            "static_configs": [{"targets": [f"127.0.0.1:{INTERCEPTOR_METRICS_PORT}"]}],
         }],
     }, sort_keys=False))
     expose(stack, "monitoring", "prometheus-operated", PROMETHEUS_IP, 9090, PROMETHEUS_PORT, "web")

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from .. import constants as C
 from ..keda import Desired
 from ..kube import WORKLOAD_RESOURCES, ApiError, Kube
-from . import learning
+from . import learning, requestcounts
 from .events import EVENT_LEARNED, EVENT_LEARNED_STATE_INVALID, EventRecorder
 from .informer import Informer
 from .objects import Key
@@ -39,6 +39,9 @@ class LearnedKeepAlive:
     metrics: Any
     write_count: int
     learning: dict[Key, learning.Live]
+    brain: Any
+    request_counts: requestcounts.RequestCounts | None
+    route_keys: dict[requestcounts.Route, Key]
     workload_informer: Callable[[str], Informer]
 
     async def _keep_alive(self, key: Key, obj: dict[str, Any], desired: Desired,
@@ -67,10 +70,19 @@ class LearnedKeepAlive:
 
     def _forget_learning(self, key: Key) -> None:
         if self.learning.pop(key, None) is not None:
-            try:
-                self.metrics.learned_keep_alive.remove(key[1], key[0], key[2])
-            except KeyError:
-                pass
+            for gauge in (self.metrics.learned_keep_alive, self.metrics.learned_from_requests):
+                try:
+                    gauge.remove(key[1], key[0], key[2])
+                except KeyError:
+                    pass
+        for route in [r for r, k in self.route_keys.items() if k == key]:
+            del self.route_keys[route]
+
+    def _on_route_counts(self, route: requestcounts.Route) -> None:
+        """The poller saw new counts on a route: reconcile its workload (while leading)."""
+        key = self.route_keys.get(route)
+        if key is not None and key in self.learning:
+            self.queue.add(key)
 
     async def _learn(self, key: Key, obj: dict[str, Any], desired: Desired,
                      live_so: dict[str, Any] | None) -> dict[str, Any]:
@@ -95,7 +107,7 @@ class LearnedKeepAlive:
         live.learner.objective, live.learner.polling_s, live.learner.fallback_s = (
             s.cold_start_objective, polling, cooldown)
         live.learner.startup_s = s.startup_s
-        learning.observe(live, learning.last_active(live_so), polling)
+        await self._observe(key, obj, desired, live, learning.last_active(live_so), polling)
         p = learning.plan(desired.scaled_object, live, time.time(), polling)
         desired.scaled_object = p.scaled_object
         live.windows = p.windows
@@ -122,6 +134,41 @@ class LearnedKeepAlive:
         if current != line:       # written when the decision changes, not when an estimate drifts
             obj = await self._show_learned(key, obj, line)
         return obj
+
+    async def _observe(self, key: Key, obj: dict[str, Any], desired: Desired, live: learning.Live,
+                       active: float | None, polling: float) -> None:
+        """Feed the workload's activity to its learner: the request counts of its InterceptorRoute when the
+        policy says so and they can be read now (``controller.requestcounts``), KEDA's lastActiveTime otherwise.
+        A change of source is an Event and ``llmaz_serverless_learned_from_requests``."""
+        lf = self.brain.policy.learnFrom
+        route_obj = desired.interceptor_route
+        samples, why = None, "the policy's learnFrom.source is keda-status"
+        if lf.source == "requests":
+            if route_obj is None or self.request_counts is None:
+                why = "it has no http trigger, so no request counts"
+            else:
+                route = (key[1], route_obj["metadata"]["name"])
+                self.route_keys[route] = key
+                samples = self.request_counts.since(route, live.seen[0] if live.seen else None)
+                if samples is None:
+                    why = ("Prometheus does not answer: " + self.request_counts.error
+                           if self.request_counts.up is False and self.request_counts.error else
+                           "no requests of its route counted in Prometheus yet")
+        if samples is not None:
+            learning.observe(live, active, polling, teach=False)
+            learning.observe_counts(live, samples, polling, lf.step)
+            signal = "requests"
+        else:
+            if live.signal == "requests":        # counts read again later start from a fresh reference
+                live.seen = live.done = None
+            learning.observe(live, active, polling)
+            signal = "keda-status"
+        self.metrics.learned_from_requests.labels(key[1], key[0], key[2]).set(1 if signal == "requests" else 0)
+        if signal != live.signal:
+            live.signal = signal
+            msg = ("keep-alive: learned reads this workload's request counts from Prometheus" if signal == "requests"
+                   else f"keep-alive: learned reads KEDA's status ({why})")
+            await self.recorder.emit(key + ("learned-signal",), obj, EVENT_LEARNED, msg)
 
     async def _show_learned(self, key: Key, obj: dict[str, Any], line: str | None) -> dict[str, Any]:
         """Write (or with None remove) the workload's ``serverless.llmaz.io/learned``. Best effort: a refused

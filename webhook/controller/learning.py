@@ -52,7 +52,13 @@ class Live:
     shown: tuple[Any, ...] | None = None                        # the decision last made visible
     in_window: bool = False          # ``prev`` was seen inside a window of ours (KEDA active for our cron)
     blind: bool = False              # a time-of-day window ran since the last activity (its requests unseen)
-    anchor: float | None = None      # the last lastActiveTime not ours: relative pre-warms are placed from it
+    anchor: float | None = None      # the last activity not ours: relative pre-warms are placed from it
+    # Learning from request counts (``observe_counts``, policy ``learnFrom.source: requests``):
+    signal: str = "keda-status"      # what the last observation was read from: "requests" or "keda-status"
+    seen: tuple[float, float, float] | None = None   # the last sample of the route's counts read
+    done: float | None = None        # when the last request counted completed
+    written: str | None = None       # the state as last encoded for the ScaledObject
+    dirty: bool = True               # the state changed in a way worth a write since ``written``
 
 
 def parse_time(value: Any) -> float | None:
@@ -138,8 +144,10 @@ def placed_windows(so: dict[str, Any] | None, now: float, daily: bool = False) -
     return sorted(out)
 
 
-def observe(live: Live, t: float | None, polling_s: float) -> bool:
+def observe(live: Live, t: float | None, polling_s: float, teach: bool = True) -> bool:
     """Feed one lastActiveTime to the learner. True when it ended an idle time (the state changed).
+    ``teach=False``: only follow it (the learner reads request counts, ``observe_counts``), so that reading
+    KEDA's status again later goes on from here.
 
     The first time seen only sets the reference (after a restart the idle time in progress is lost, never
     counted twice). Inside a window we placed (and one poll after) KEDA is active because of our cron trigger,
@@ -149,6 +157,11 @@ def observe(live: Live, t: float | None, polling_s: float) -> bool:
     window, which holds the replica for its whole length, the first idle time is not counted (a request inside
     it may have come since)."""
     if t is None:
+        return False
+    if not teach:
+        if live.prev is None or t > live.prev:
+            live.prev, live.in_window, live.blind = t, False, False
+            live.anchor = t if live.anchor is None else live.anchor
         return False
     if live.prev is None or t <= live.prev:
         if live.prev is None:
@@ -172,7 +185,43 @@ def observe(live: Live, t: float | None, polling_s: float) -> bool:
         return False
     live.learner.idle_ended(t, t - anchor)
     live.learner.requests(t, 1)
+    live.dirty = True
     return True
+
+
+def observe_counts(live: Live, samples: list[tuple[float, float, float]], polling_s: float,
+                   step_s: float = 0.0) -> bool:
+    """Feed a route's request counts to the learner (``controller.requestcounts``): samples of (time,
+    requests completed so far, sum of their durations). True when an idle time ended (the state changed).
+
+    In each step ``n`` requests completed, with a mean duration ``d``; they came about ``d`` before the step
+    (exactly for a lone request, on average for several). The last completion is the end of activity (the
+    anchor of a pre-warm); a request that came more than two polling intervals (or two steps) after it ended
+    an idle time, as on KEDA's clock. Unlike ``observe`` this sees the requests a pre-warm serves, those of a
+    time-of-day window, and warm requests too short for KEDA to see, and counts each request of a burst. The
+    first sample only sets the reference, and so do the first requests counted (the idle time before them is
+    not known); a counter that went back (an interceptor restarted) makes its step unknown."""
+    changed = False
+    for t, c, d in samples:
+        prev = live.seen
+        if prev is not None and t <= prev[0]:
+            continue
+        live.seen = (t, c, d)
+        if prev is None:
+            continue
+        dc, dd = c - prev[1], d - prev[2]
+        if dc < 0.5 or dd < 0:
+            continue
+        came = min(t, t - dd / dc)
+        done, live.done = live.done, t if live.done is None else max(live.done, t)
+        live.anchor = live.done
+        if done is None:
+            continue
+        if came - done > 2 * max(polling_s, step_s):
+            live.learner.idle_ended(came, came - done)
+            changed = live.dirty = True
+        live.learner.requests(came, int(round(dc)))
+    return changed
 
 
 def decision_key(d: Decision) -> tuple[Any, ...]:
@@ -257,12 +306,16 @@ def plan(so: dict[str, Any], live: Live, now: float, polling_s: float, params: P
     spec["triggers"] = triggers
     live.daily = sorted(daily)
     state = live.learner.state
-    if warm and d.prewarm is not None:
-        state.anchor = anchor            # written once per pre-warm placed, not on every poll while busy
+    if warm and d.prewarm is not None and state.anchor != anchor:
+        state.anchor, live.dirty = anchor, True   # once per pre-warm placed, not on every poll while busy
     if state.first is not None:
+        # Written when an idle time ended or a pre-warm was placed; requests counted in between are kept in
+        # memory and go out with the next write (a restart loses at most those, never an idle time).
+        if live.dirty or live.written is None:
+            live.written, live.dirty = encode(state, state.t0, params), False
         meta = out.setdefault("metadata", {})
         ann = dict(meta.get("annotations") or {})
-        ann[STATE_ANNOTATION] = encode(state, state.t0, params)
+        ann[STATE_ANNOTATION] = live.written
         meta["annotations"] = ann
     return Plan(out, d, sorted(windows), min(recheck) if recheck else None, sorted(warm + daily))
 

@@ -57,6 +57,13 @@ class ReconcilerMetrics:
         self.learned_decisions = find("learned_decisions", lambda: Counter(
             "llmaz_serverless_learned_decisions",
             "Changes of a learned decision, by mode (policy, keep-alive, pre-warm).", ["mode"], registry=r))
+        self.learned_from_requests = find("learned_from_requests", lambda: Gauge(
+            "llmaz_serverless_learned_from_requests",
+            "1 while a workload with keep-alive: learned learns from request counts read from Prometheus, 0 while "
+            "it reads KEDA's status.", ["namespace", "kind", "name"], registry=r))
+        self.request_counts_up = find("request_counts_up", lambda: Gauge(
+            "llmaz_serverless_request_counts_up",
+            "1 when the last read of request counts from Prometheus (policy learnFrom) succeeded.", registry=r))
         self.learned_state_errors = find("learned_state_errors", lambda: Counter(
             "llmaz_serverless_learned_state_errors",
             "Stored learned states that could not be read (the workload starts learning afresh).", registry=r))

@@ -61,6 +61,7 @@ from ..policy_source import PolicySource
 from ..settings import opted_out, owned_by_playground
 from ..prerequisites import HTTP_ADDON, KEDA
 from .discovery import APIDiscovery
+from .requestcounts import RequestCounts, Route
 from .events import EVENT_POLICY_INVALID, EVENT_QUARANTINED, EVENT_REJECTED, EventRecorder
 from .kedastatus import DEFAULT_BOUND
 from . import learning
@@ -118,6 +119,9 @@ class Controller(Writes, LearnedKeepAlive):
         self._stop: asyncio.Event | None = None
         self._admission_only = False
         self.learning: dict[Key, learning.Live] = {}   # keep-alive: learned, rebuilt from the ScaledObject
+        # Request counts for keep-alive: learned (policy learnFrom), read by the leader only (run_workers).
+        self.request_counts: RequestCounts | None = RequestCounts(lambda: self.brain.policy, self._on_route_counts)
+        self.route_keys: dict[Route, Key] = {}
 
         wt = watch_timeout
         # Workloads in namespaces that are not opted in are cached as stubs (``objects.stub_workload``).
@@ -363,6 +367,8 @@ class Controller(Writes, LearnedKeepAlive):
         self._policy_event()
         tasks = [asyncio.create_task(self._worker(i), name=f"reconcile-worker-{i}") for i in range(self.n_workers)]
         tasks.append(asyncio.create_task(self._resync_loop(stop), name="resync"))
+        if self.request_counts is not None:
+            tasks.append(asyncio.create_task(self._request_counts_loop(stop), name="request-counts"))
         try:
             await stop.wait()
         finally:
@@ -371,6 +377,13 @@ class Controller(Writes, LearnedKeepAlive):
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.queue.clear()
+
+    async def _request_counts_loop(self, stop: asyncio.Event) -> None:
+        """The request-count poller, while leading; its health as ``llmaz_serverless_request_counts_up``."""
+        assert self.request_counts is not None
+        rc = self.request_counts
+        rc.on_read = lambda up: self.metrics.request_counts_up.set(1 if up else 0)
+        await rc.run(stop)
 
     async def _resync_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
