@@ -150,6 +150,10 @@ class LearnedKeepAlive:
                 route = (key[1], route_obj["metadata"]["name"])
                 self.route_keys[route] = key
                 samples = self.request_counts.since(route, live.seen[0] if live.seen else None)
+                if samples is not None and live.seen is None:
+                    # A fresh reference is the latest sample: what came before it was learned from KEDA's
+                    # status (or before this process), and is not replayed.
+                    samples = samples[-1:]
                 if samples is None:
                     why = ("Prometheus does not answer: " + self.request_counts.error
                            if self.request_counts.up is False and self.request_counts.error else
