@@ -44,15 +44,19 @@ def half(name: str) -> str:
     return "tune" if hashlib.sha256(f"{SPLIT_SALT}:{name}".encode()).digest()[0] % 2 == 0 else "held-out"
 
 
-def example_workload() -> tuple[dict, ModelCatalog, Policy]:
+def example_workload(max_replicas: int | None = None) -> tuple[dict, ModelCatalog, Policy]:
     """The Playground of examples/gpu-chat-http.yaml, its OpenModel and the built-in policy: the workload every
-    trace's workloads are replayed as."""
+    trace's workloads are replayed as. ``max_replicas`` replaces its max-replicas annotation (every
+    configuration, ``elasticConfig`` included, scales out to it)."""
     docs = load_documents(os.path.join(ROOT, "examples", "gpu-chat-http.yaml"))
     models = ModelCatalog()
     for d in docs:
         if d.get("kind") == "OpenModel":
             models.put(d)
-    return next(d for d in docs if d.get("kind") == "Playground"), models, Policy.default()
+    obj = next(d for d in docs if d.get("kind") == "Playground")
+    if max_replicas is not None:
+        obj["metadata"]["annotations"]["serverless.llmaz.io/max-replicas"] = str(max_replicas)
+    return obj, models, Policy.default()
 
 
 def main() -> int:
@@ -75,12 +79,15 @@ def main() -> int:
                     help="bill every configuration only up to the trace's end (GPU time after it is not counted)")
     ap.add_argument("--signal", action="append", choices=SIGNALS,
                     help="what the learner is told (default requests; given twice, one row each, side by side)")
+    ap.add_argument("--max-replicas", type=int,
+                    help="every configuration scales out to at most this many replicas (default: the example's 4); "
+                         "1 compares like for like with one fixed replica on a trace one replica cannot serve")
     ap.add_argument("--out")
     args = ap.parse_args()
     signals = args.signal or ["requests"]
     learned = {("learned" if sig == "requests" else f"learned ({sig})"): sig for sig in signals}
     params = Params(**{k: float(v) for k, v in (p.split("=", 1) for p in args.param)})
-    obj, models, policy = example_workload()
+    obj, models, policy = example_workload(args.max_replicas)
     timing = PodTiming(model_load_s=args.model_load)
     replay = Replay(start=args.start, warm_up_s=args.warm_up * 3600.0)
     t0, w0 = time.process_time(), time.time()
@@ -121,7 +128,8 @@ def main() -> int:
         for h in ("tune", "held-out"):
             subsets[h] = [i for i, tr in enumerate(traces) if half(tr.name) == h]
     print(f"{args.trace}: {len(traces)} workloads, {sum(t.requests for t in traces):,} requests, model load "
-          f"{args.model_load:g}s, start {args.start}, scored after {args.warm_up:g} h; read {read_s:.1f}s CPU")
+          f"{args.model_load:g}s, start {args.start}, scored after {args.warm_up:g} h, at most "
+          f"{base.max_replicas} replicas; read {read_s:.1f}s CPU")
     report = {sub: table(names, per, ix, uniform, list(longer), cpu, args.objective / 100, sub, traces)
               for sub, ix in subsets.items()}
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
@@ -131,7 +139,8 @@ def main() -> int:
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump({"trace": args.trace, "model_load_s": args.model_load, "start": args.start,
-                       "warm_up_h": args.warm_up, "objective": args.objective / 100, "params": params.__dict__,
+                       "warm_up_h": args.warm_up, "max_replicas": args.max_replicas,
+                       "objective": args.objective / 100, "params": params.__dict__,
                        "hindsight_up_to_s": args.hindsight_up_to, "within_trace": args.within_trace,
                        "best_uniform": report["all"][0], "only": args.only,
                        "split": f"sha256('{SPLIT_SALT}:<workload>')[0] even: tune, odd: held-out",

@@ -113,6 +113,27 @@ class PrometheusSettings(_Strict):
     authRef: str | None = None
 
 
+class PrometheusAuth(_Strict):
+    """How the request-count poller proves itself to a Prometheus that asks (``learnFrom.auth``): files in the
+    controller's pod (the chart mounts ``prometheusAuth.secretName`` at /etc/llmaz-serverless/prometheus),
+    read again at every poll so a rotated token or CA is picked up. KEDA's own reads (the ``queue-depth``
+    preset) use ``prometheus.authRef`` instead: KEDA, not this controller, holds that TriggerAuthentication's
+    Secret."""
+
+    bearerTokenFile: str | None = Field(
+        default=None, min_length=2, max_length=256,
+        description="sent as 'Authorization: Bearer <token>' to prometheus.serverAddress only, over https only")
+    caFile: str | None = Field(default=None, min_length=2, max_length=256,
+                               description="PEM bundle that verifies prometheus.serverAddress's certificate")
+
+    @field_validator("bearerTokenFile", "caFile")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        if v is not None and (not v.startswith("/") or "/../" in v + "/" or "\x00" in v):
+            raise ValueError(f"must be an absolute path in the controller's pod without '..', not {v!r}")
+        return v
+
+
 class LearnFrom(_Strict):
     """What the reconciler learns ``keep-alive: learned`` workloads from (``webhook.controller.requestcounts``).
 
@@ -133,6 +154,7 @@ class LearnFrom(_Strict):
     interval: Seconds = Field(default=15, ge=1, le=300, description="how often Prometheus is read")
     step: Seconds = Field(default=5, ge=1, le=300, description="resolution of the counts read")
     timeout: Seconds = Field(default=5, ge=1, le=60, description="bound of one Prometheus query")
+    auth: PrometheusAuth = PrometheusAuth()
 
 
 class AnnotationSettings(_Strict):
@@ -212,6 +234,10 @@ class Policy(_Strict):
         if d.minReplicas > d.maxReplicas:
             raise ValueError(f"defaults.minReplicas ({d.minReplicas}) is above defaults.maxReplicas "
                              f"({d.maxReplicas})")
+        if self.learnFrom.auth.bearerTokenFile and not self.prometheus.serverAddress.lower().startswith("https://"):
+            raise ValueError(f"learnFrom.auth.bearerTokenFile: a token is sent only over https, and "
+                             f"prometheus.serverAddress is {self.prometheus.serverAddress!r}; use its https "
+                             f"address or drop the token")
         return self
 
     @classmethod

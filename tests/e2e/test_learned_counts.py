@@ -23,7 +23,7 @@ from .http_client import chat
 from .stack import MANIFESTS, OUR_NAMESPACE, LiveStack
 from .test_http import apply_and_wait_ready, playground
 from .test_learned import forget
-from .test_zero_to_one import KEDA, get_or_none, opted_in_namespace, wait_for
+from .test_zero_to_one import KEDA, LLMAZ, get_or_none, opted_in_namespace, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -78,11 +78,18 @@ def test_learner_reads_every_request_from_the_interceptors_counts(stack: LiveSta
         assert st.requests >= (VISITS - 2) * BURST * 0.95, \
             "every request of a burst is counted (KEDA's status would count one per wake-up at most)"
 
+        def learned_line(source: str):       # what `check` and `kubectl get -o yaml` show on the workload
+            pg = get_or_none(custom, LLMAZ, ns, "playgrounds", name)
+            line = ((pg or {}).get("metadata", {}).get("annotations") or {}).get(C.ANN_LEARNED) or ""
+            return line if line.endswith(f"; learned from {source}") else None
+        wait_for(lambda: learned_line("request counts"), 30, "the learned line naming request counts")
+
         set_learn_from(stack, None)        # back to keda-status: said on the workload, without a restart
         chat(f"{name}.{ns}", timeout=120)
         wait_for(lambda: f"{gauge} 0.0" in stack.metrics_text(), 60, "the learner back on KEDA's status")
         wait_for(lambda: any("reads KEDA's status (the policy's learnFrom.source is keda-status)" in m
                              for m in events_of(stack, ns, name)), 30, "the Event saying so")
+        wait_for(lambda: learned_line("KEDA's status"), 30, "the learned line naming KEDA's status")
     finally:
         set_learn_from(stack, None)
         forget(stack, ns)

@@ -387,6 +387,25 @@ def test_service_account_annotations_on_each_component(helm):
     assert all("annotations" not in d["metadata"] for d in _template(helm) if d["kind"] == "ServiceAccount")
 
 
+def test_prometheus_auth_secret_is_mounted_only_where_the_reconciler_runs(helm):
+    def mounts(docs):
+        out = {}
+        for d in docs:
+            if d["kind"] == "Deployment":
+                spec = d["spec"]["template"]["spec"]
+                (c,) = spec["containers"]
+                vols = {v["name"]: v for v in spec["volumes"]}
+                out[d["metadata"]["name"]] = [(m["mountPath"], m.get("readOnly"), vols[m["name"]].get("secret"))
+                                              for m in c["volumeMounts"] if m["name"] == "prometheus-auth"]
+        return out
+    want = [("/etc/llmaz-serverless/prometheus", True, {"secretName": "prom-reader", "defaultMode": 0o440})]
+    got = mounts(_template(helm, "--set", "prometheusAuth.secretName=prom-reader"))
+    assert got == {"llmaz-serverless": [], "llmaz-serverless-controller": want}     # admission reads no Prometheus
+    got = mounts(_template(helm, "--set", "prometheusAuth.secretName=prom-reader", "--set", "controller.separate=false"))
+    assert got == {"llmaz-serverless": want}
+    assert mounts(_template(helm)) == {"llmaz-serverless": [], "llmaz-serverless-controller": []}
+
+
 def _container(docs):
     dep = _one(docs, "Deployment", "llmaz-serverless")
     (container,) = dep["spec"]["template"]["spec"]["containers"]

@@ -1,17 +1,21 @@
 """Learning from request counts (policy ``learnFrom.source: requests``): reading Prometheus' range answers
 (webhook.controller.requestcounts) and what the learner makes of them (webhook.controller.learning
 ``observe_counts``). The live path, with the HTTP add-on's interceptor scraped by a real Prometheus, is in
-tests/e2e/test_learned.py."""
+tests/e2e/test_learned_counts.py."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
+import ssl
+from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from certs.authority import generate_ca, issue_serving_cert
 from webhook import constants as C
 from webhook.controller import learning as L
 from webhook.controller.requestcounts import MAX_ROUTES, QueryError, RequestCounts, join, parse_matrix
@@ -183,3 +187,117 @@ def test_policy_learn_from_is_validated() -> None:
     for bad in ({"source": "magic"}, {"interval": 0}, {"countQuery": ""}, {"nope": 1}):
         with pytest.raises(ValidationError):
             Policy.model_validate({"learnFrom": bad})
+
+
+# -- a Prometheus that asks for credentials (learnFrom.auth)
+
+def _tls_prometheus(tmp_path: Path, token: str):
+    """An https Prometheus stand-in on loopback with a certificate of its own CA, answering only a bearer
+    ``token``; returns (start coroutine, requests seen, CA path)."""
+    ca = generate_ca("test prometheus CA", dt.timedelta(days=1))
+    leaf = issue_serving_cert(ca, [], ["127.0.0.1"])
+    (tmp_path / "ca.crt").write_bytes(ca.cert_pem)
+    (tmp_path / "tls.crt").write_bytes(leaf.cert_pem)
+    (tmp_path / "tls.key").write_bytes(leaf.key_pem)
+    seen: list[str] = []
+    body = matrix({("ai", "chat"): [(100, 1)]})
+
+    async def query_range(request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization", "")
+        seen.append(auth)
+        if auth != f"Bearer {token}":
+            return web.Response(status=401, text="Unauthorized")
+        return web.Response(body=body, content_type="application/json")
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        seen.append("redirect:" + request.headers.get("Authorization", ""))
+        raise web.HTTPFound("https://127.0.0.2:1/api/v1/query_range")
+
+    async def start() -> tuple[web.AppRunner, int]:
+        app = web.Application()
+        app.router.add_get("/api/v1/query_range", query_range)
+        app.router.add_get("/moved/api/v1/query_range", elsewhere)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+        await site.start()
+        return runner, site._server.sockets[0].getsockname()[1]          # type: ignore[union-attr]
+
+    return start, seen, tmp_path / "ca.crt"
+
+
+def test_poller_reads_a_prometheus_that_asks_for_a_token_over_verified_tls(tmp_path: Path) -> None:
+    start, seen, ca = _tls_prometheus(tmp_path, "s3cret")
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+
+    async def scenario() -> None:
+        runner, port = await start()
+        address = f"https://127.0.0.1:{port}"
+
+        def poller(auth: dict, path: str = "") -> RequestCounts:
+            policy = Policy.model_validate({"prometheus": {"serverAddress": address + path},
+                                            "learnFrom": {"auth": auth, "timeout": 2}})
+            return RequestCounts(lambda: policy, lambda r: None, clock=lambda: 110.0)
+        try:
+            async with aiohttp.ClientSession() as session:
+                rc = poller({"bearerTokenFile": str(token), "caFile": str(ca)})
+                assert await rc.poll_once(session), rc.error
+                assert seen[-1] == "Bearer s3cret" and rc.since(("ai", "chat"), None) == [(100.0, 1.0, 1.0)]
+                token.write_text("rotated")                  # read again at each poll: the new one is sent
+                assert not await rc.poll_once(session)
+                assert seen[-1] == "Bearer rotated" and "HTTP 401" in (rc.error or "")
+                assert "check the token in learnFrom.auth.bearerTokenFile" in (rc.error or "")
+                token.write_text("s3cret")
+                assert await rc.poll_once(session)
+
+                rc = poller({"caFile": str(ca)})             # no token: told what to set
+                assert not await rc.poll_once(session)
+                assert "it asks for credentials: set learnFrom.auth.bearerTokenFile" in (rc.error or "")
+
+                n = len(seen)                                # the system CAs do not know this one: no request
+                rc = poller({"bearerTokenFile": str(token)})
+                assert not await rc.poll_once(session)
+                assert "certificate" in (rc.error or "").lower() and len(seen) == n
+
+                rc = poller({"bearerTokenFile": str(tmp_path / "absent"), "caFile": str(ca)})
+                assert not await rc.poll_once(session)
+                assert rc.error == f"cannot read learnFrom.auth.bearerTokenFile {tmp_path / 'absent'} " \
+                                   "(No such file or directory)" and len(seen) == n
+
+                (tmp_path / "two").write_text("two words")
+                rc = poller({"bearerTokenFile": str(tmp_path / "two"), "caFile": str(ca)})
+                assert not await rc.poll_once(session)
+                assert "one token of printable ASCII" in (rc.error or "") and len(seen) == n
+
+                (tmp_path / "bad.crt").write_text("not a certificate")
+                rc = poller({"bearerTokenFile": str(token), "caFile": str(tmp_path / "bad.crt")})
+                assert not await rc.poll_once(session)
+                assert "holds no PEM certificate" in (rc.error or "") and len(seen) == n
+
+                rc = poller({"bearerTokenFile": str(token), "caFile": str(ca)}, "/moved")
+                assert not await rc.poll_once(session)          # a redirect is not followed: the token stays
+                assert "a redirect, not followed" in (rc.error or "") and seen[-1] == "redirect:Bearer s3cret"
+                assert len(seen) == n + 1
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(scenario())
+
+
+def test_policy_learn_from_auth_is_validated() -> None:
+    from pydantic import ValidationError
+    https = {"serverAddress": "https://prometheus.monitoring.svc:9091"}
+    ok = Policy.model_validate({"prometheus": https, "learnFrom": {"auth": {
+        "bearerTokenFile": "/etc/llmaz-serverless/prometheus/token", "caFile": "/etc/llmaz-serverless/prometheus/ca.crt"}}})
+    assert ok.learnFrom.auth.bearerTokenFile == "/etc/llmaz-serverless/prometheus/token"
+    with pytest.raises(ValidationError, match="a token is sent only over https"):
+        Policy.model_validate({"learnFrom": {"auth": {"bearerTokenFile": "/var/run/secrets/token"}}})
+    for bad in ("token", "/etc/../var/run/secrets/kubernetes.io/serviceaccount/token", "/a/..", "/a\x00b",
+                "/" + "a" * 300):
+        with pytest.raises(ValidationError):
+            Policy.model_validate({"prometheus": https, "learnFrom": {"auth": {"bearerTokenFile": bad}}})
+    with pytest.raises(ValidationError):
+        Policy.model_validate({"learnFrom": {"auth": {"password": "x"}}})

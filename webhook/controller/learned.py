@@ -123,14 +123,17 @@ class LearnedKeepAlive:
             self.metrics.learned_keep_alive.labels(ns, kind, name).set(d.keep_alive_s)
         shown = learning.decision_key(d)
         current = ((obj.get("metadata") or {}).get("annotations") or {}).get(C.ANN_LEARNED)
-        if shown == live.shown and current is not None:
+        # What it was learned from ends the line (``check`` shows it); it changes only when the source does,
+        # which is an Event too.
+        source = "; learned from " + ("request counts" if live.signal == "requests" else "KEDA's status")
+        if shown == live.shown and current is not None and current.endswith(source):
             return obj
         if shown != live.shown:
             live.shown = shown
             self.metrics.learned_decisions.labels(d.mode).inc()
             await self.recorder.emit(key + ("learned",), obj, EVENT_LEARNED,
                                      f"keep-alive: learned: {learning.visible(d, p.warm)}")
-        line = d.summary()
+        line = d.summary() + source
         if current != line:       # written when the decision changes, not when an estimate drifts
             obj = await self._show_learned(key, obj, line)
         return obj

@@ -15,6 +15,10 @@ is handed to ``on_change`` (the controller enqueues its workload). When Promethe
 route's series is missing from the last answer, ``since`` says so (None) and the learner reads KEDA's status
 instead. Everything read is bounded: the body (``MAX_BODY``), the routes (``MAX_ROUTES``), the span of one
 read (``MAX_SPAN_S``) and what is kept per route (``MAX_SPAN_S`` of samples).
+
+A Prometheus that asks for credentials (behind kube-rbac-proxy, a Thanos or Mimir gateway) is read with
+``learnFrom.auth``: a bearer token and a CA bundle from files in the pod, sent to ``prometheus.serverAddress``
+only, over https only (the policy refuses a token with an http address), never following a redirect.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ import time
 from collections import deque
 from typing import Callable
 
+import ssl
+
 import aiohttp
 
-from ..policy import Policy
+from ..policy import Policy, PrometheusAuth
 
 log = logging.getLogger("llmaz_serverless.requestcounts")
 
@@ -40,6 +46,8 @@ MAX_BODY = 16 << 20                     # bytes of one Prometheus answer
 MAX_ROUTES = 20000                      # series of one answer
 MAX_SPAN_S = 3600.0                     # one read covers at most this much; samples are kept this long
 FIRST_SPAN_S = 60.0                     # the first read looks back this far
+MAX_TOKEN = 16 << 10                    # bytes of learnFrom.auth.bearerTokenFile
+MAX_CA = 1 << 20                        # bytes of learnFrom.auth.caFile
 
 
 class QueryError(Exception):
@@ -95,6 +103,47 @@ def join(counts: dict[Route, dict[float, float]],
     return out
 
 
+def _read_bounded(path: str, limit: int, what: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise QueryError(f"cannot read learnFrom.auth.{what} {path} ({exc.strerror or type(exc).__name__})") \
+            from None
+    if len(data) > limit:
+        raise QueryError(f"learnFrom.auth.{what} {path} is larger than {limit >> 10} KiB")
+    return data
+
+
+def credentials(auth: PrometheusAuth, cache: dict[str, tuple[bytes, ssl.SSLContext]]) -> \
+        tuple[dict[str, str], ssl.SSLContext | None]:
+    """The headers and TLS context of one read, from the files ``auth`` names (read again each time, so a
+    rotated token or CA applies at the next poll; a TLS context is rebuilt only when the CA file changed).
+    Raises QueryError naming the file and what is wrong with it."""
+    headers: dict[str, str] = {}
+    if auth.bearerTokenFile:
+        raw = _read_bounded(auth.bearerTokenFile, MAX_TOKEN, "bearerTokenFile").strip()
+        if not raw or any(b < 0x21 or b > 0x7e for b in raw):
+            raise QueryError(f"learnFrom.auth.bearerTokenFile {auth.bearerTokenFile} must hold one token of "
+                             f"printable ASCII without spaces")
+        headers["Authorization"] = "Bearer " + raw.decode("ascii")
+    ctx = None
+    if auth.caFile:
+        pem = _read_bounded(auth.caFile, MAX_CA, "caFile")
+        hit = cache.get(auth.caFile)
+        if hit and hit[0] == pem:
+            ctx = hit[1]
+        else:
+            try:
+                ctx = ssl.create_default_context(cadata=pem.decode("ascii", "replace"))
+            except (ssl.SSLError, ValueError) as exc:
+                raise QueryError(f"learnFrom.auth.caFile {auth.caFile} holds no PEM certificate this controller "
+                                 f"can use ({str(exc)[:120]})") from None
+            cache.clear()
+            cache[auth.caFile] = (pem, ctx)
+    return headers, ctx
+
+
 class RequestCounts:
     """The poller (see the module docstring). ``policy`` gives the policy in force at each read."""
 
@@ -110,6 +159,7 @@ class RequestCounts:
         self.read_until: float | None = None   # the end of the last read that succeeded
         self.reads = 0
         self.on_read: Callable[[bool], None] = lambda up: None   # told after every read, answered or not
+        self._tls: dict[str, tuple[bytes, ssl.SSLContext]] = {}     # caFile -> (its bytes, its context)
 
     # -- what reconciles read
     def since(self, route: Route, after: float | None) -> list[Sample] | None:
@@ -140,8 +190,9 @@ class RequestCounts:
         start = max(self.read_until if self.read_until is not None else now - FIRST_SPAN_S, now - MAX_SPAN_S)
         start = math.floor(start / lf.step) * lf.step
         try:
-            counts = await self._query(session, policy, lf.countQuery, start, now)
-            durations = await self._query(session, policy, lf.durationQuery, start, now)
+            headers, tls = credentials(lf.auth, self._tls)
+            counts = await self._query(session, policy, lf.countQuery, start, now, headers, tls)
+            durations = await self._query(session, policy, lf.durationQuery, start, now, headers, tls)
         except QueryError as exc:
             self._down(str(exc))
             self.on_read(False)
@@ -177,18 +228,28 @@ class RequestCounts:
         self.up, self.error = False, why
 
     async def _query(self, session: aiohttp.ClientSession, policy: Policy, query: str, start: float,
-                     end: float) -> dict[Route, dict[float, float]]:
+                     end: float, headers: dict[str, str],
+                     tls: ssl.SSLContext | None) -> dict[Route, dict[float, float]]:
         lf = policy.learnFrom
         url = policy.prometheus.serverAddress.rstrip("/") + "/api/v1/query_range"
         params = {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": str(lf.step)}
         try:
-            async with session.get(url, params=params, timeout=aiohttp.ClientTimeout(total=lf.timeout)) as r:
+            # No redirects: the token goes to serverAddress and nowhere else.
+            async with session.get(url, params=params, headers=headers, ssl=tls if tls is not None else True,
+                                   allow_redirects=False, timeout=aiohttp.ClientTimeout(total=lf.timeout)) as r:
                 body = await r.content.read(MAX_BODY + 1)
                 if len(body) > MAX_BODY:
                     raise QueryError(f"answer from {url} is larger than {MAX_BODY >> 20} MiB")
+                if r.status in (401, 403):
+                    hint = ("check the token in learnFrom.auth.bearerTokenFile" if headers else
+                            "it asks for credentials: set learnFrom.auth.bearerTokenFile")
+                    raise QueryError(f"{url} answered HTTP {r.status} ({hint})")
+                if 300 <= r.status < 400:
+                    raise QueryError(f"{url} answered HTTP {r.status} (a redirect, not followed: set "
+                                     f"prometheus.serverAddress to where it points)")
                 if r.status != 200 and not body.startswith(b"{"):
                     raise QueryError(f"{url} answered HTTP {r.status}")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, ssl.SSLError) as exc:
             raise QueryError(f"cannot read {url} ({type(exc).__name__}: {str(exc)[:200]})") from None
         return parse_matrix(body, lf.namespaceLabel, lf.nameLabel)
 
