@@ -71,6 +71,7 @@ async def test_learned_cooldown_reaches_the_scaledobject_and_survives_a_restart(
 
     pg = await wait_for(lambda: _learned_annotation(akube, ns, "periodic"), what="learned annotation")
     assert pg.startswith("keep-alive 360s")
+    assert pg.endswith("; learned from KEDA's status")       # no Prometheus here: what it learned from is said
     events = await wait_for(lambda: events_for(akube, ns, "periodic", "Learned"), what="Learned event")
     assert any("keep-alive 360s" in e["message"] for e in events)
     gauge = reconciler_metrics().learned_keep_alive.labels(ns, "Playground", "periodic")
