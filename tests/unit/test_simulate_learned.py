@@ -92,6 +92,34 @@ def test_keda_status_signal_counts_a_burst_as_one_request_and_skips_gaps_within_
     assert by_status.state.requests == pytest.approx(19.0, rel=1e-4)  # one per wake-up it could measure
 
 
+def test_request_counts_signal_counts_every_request_at_scrape_resolution() -> None:
+    """As the reconciler reads Prometheus: every request of a burst is counted (unlike KEDA's status), a gap
+    within two polls is no idle time (unlike exact arrivals), and the idle times are those of exact arrivals
+    up to a scrape interval."""
+    arr = sorted([(i * 3000.0, 20, 5.0) for i in range(20)] + [(i * 3000.0 + 20.0, 20, 5.0) for i in range(20)])
+    params = Params(half_life_s=1e9)
+    by_counts = Learner(0.01, T.startup_s, 15.0, params, fallback_s=600.0)
+    simulate_learned(arr, ZERO, T, 20 * 3000.0, 0.01, params, learner=by_counts, signal="request-counts")
+    bins = by_counts.state.bins
+    assert sum(v[0] for v in bins.values()) == pytest.approx(19.0, rel=1e-4)
+    assert by_counts.state.requests == pytest.approx(800.0, rel=1e-4)
+    # the idle time between bursts: about 3000 s less a burst's 25 s of activity and a cooldown's hold, within
+    # one scrape either way of what exact arrivals give
+    by_requests = Learner(0.01, T.startup_s, 15.0, params, fallback_s=600.0)
+    simulate_learned(arr, ZERO, T, 20 * 3000.0, 0.01, params, learner=by_requests)
+    long_bins = lambda lr: {i for i, v in lr.state.bins.items() if v[0] > 0 and i > 0}   # noqa: E731
+    assert long_bins(by_counts) and all(abs(a - b) <= 1 for a in long_bins(by_counts) for b in long_bins(by_requests))
+
+
+def test_request_counts_signal_learns_a_period_as_exact_arrivals_do() -> None:
+    arr = periodic(1800.0, 48)
+    exact = simulate_learned(arr, ZERO, T, 48 * 3600.0, 0.01)
+    counts = simulate_learned(arr, ZERO, T, 48 * 3600.0, 0.01, signal="request-counts")
+    assert "pre-warm" in counts.final and counts.result.unused_prewarms == 0
+    assert counts.result.waited <= exact.result.waited + 2
+    assert counts.result.gpu_seconds == pytest.approx(exact.result.gpu_seconds, rel=0.05)
+
+
 def test_keda_status_signal_an_unused_prewarm_lapses_and_places_no_other() -> None:
     arr = periodic(1800.0, 40)                           # then silence for 8 hours
     by_status = simulate_learned(arr, ZERO, T, 48 * 3600.0, 0.01, keep_timeline=True, signal="keda-status").result

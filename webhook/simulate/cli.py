@@ -29,7 +29,8 @@ from .replay import STARTS, Replay, run_configs
 from .traces import FORMATS, TIME_UNITS, ServiceModel, Trace, TraceError, load
 
 # What the title says the learner was told, per ``--learn-from``.
-LEARN_FROM = {"keda-status": "KEDA's lastActiveTime, as live", "requests": "every request"}
+LEARN_FROM = {"keda-status": "KEDA's lastActiveTime, as live", "requests": "every request",
+              "request-counts": "request counts scraped by Prometheus, as live where it counts them"}
 
 EXIT_OK, EXIT_UNMET, EXIT_INPUT = 0, 1, 2
 
@@ -248,7 +249,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--learn-from", default="keda-status", choices=SIGNALS,
                    help="keep-alive: learned only: what the learner is told. keda-status (default) = what the "
                    "reconciler reads live, KEDA's lastActiveTime (each wake-up one request, a pre-warm's own "
-                   "requests not seen); requests = every request, as a request-count metric would tell")
+                   "requests not seen); request-counts = every request as the reconciler reads them from Prometheus (seen "
+                   "at the interceptor counter's next scrape, 15 s assumed); requests = every request, exactly")
     p.add_argument("--out", help="write the figures as JSON to this file")
     p.add_argument("--plot", help="draw replicas over time to this PNG (one workload; needs matplotlib: "
                    "pip install '.[plot]' from a clone)")

@@ -16,7 +16,11 @@ request-count metric would give them. ``keda-status``: what the live reconciler 
 (``webhook.controller.learning``): KEDA's ``lastActiveTime``, so each wake-up counts as one request, a gap of
 at most two polling intervals is no idle time, and activity inside a window of ours (and one poll after it)
 cannot be told from the window's own; a pre-warm is placed as the reconciler places it (a one-minute wake-up
-window, then a longer cooldown holding the replica to the pre-warm's end).
+window, then a longer cooldown holding the replica to the pre-warm's end). ``request-counts``: what the
+reconciler reads where Prometheus counts requests (``webhook.controller.learning.observe_counts``): every
+request, but seen only when Prometheus scrapes the interceptor's counter after the request completed
+(``SCRAPE_S``), dated that scrape minus its duration; the activity's end is the scrape that saw its last
+completion, and a request dated at most two polling intervals (or two steps) after it ends no idle time.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from .model import Batch, PodTiming, ScalingConfig, _Sim
 from .result import Result
 
 DAY = 86400.0
-SIGNALS = ("requests", "keda-status")
+SIGNALS = ("requests", "keda-status", "request-counts")
+SCRAPE_S = 15.0     # request-counts: how often Prometheus scrapes the interceptor's counters (assumed)
+STEP_S = 5.0        # ... and the resolution the reconciler reads them at (policy learnFrom.step's default)
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,8 @@ class _LearnedSim(_Sim):
         self.decisions: dict[str, int] = {}
         # keda-status: what the reconciler sees (``webhook.controller.learning``)
         self.status = signal == "keda-status"
+        self.counts = signal == "request-counts"
+        self.count_from: float | None = None             # request-counts: the activity end before a new one
         self.wakes: list[tuple[float, float]] = []       # pre-warm wake-up windows placed (blind inside)
         self.dailies: list[tuple[float, float]] = []     # time-of-day windows placed (blind inside)
         self.anchor: float | None = None                 # the last activity's end outside our windows
@@ -88,6 +96,8 @@ class _LearnedSim(_Sim):
         if before <= act < after:
             if self.status:
                 self._status_wake(t)
+            elif self.counts:
+                self.count_from = self.idle_since       # told in ``_arrive``, once the counter shows it
             elif self.idle_since is not None:
                 self.learner.idle_ended(t, t - self.idle_since, self.day_offset)
             self.idle_since = None
@@ -130,9 +140,23 @@ class _LearnedSim(_Sim):
 
     def _arrive(self, t: float, n: int, service: float) -> None:
         super()._arrive(t, n, service)
-        if not self.status:
+        if self.counts:
+            self._counted(t, n, service)
+        elif not self.status:
             self.learner.requests(t, n)
         self.prewarm_pending = False
+
+    def _counted(self, t: float, n: int, service: float) -> None:
+        """What ``observe_counts`` makes of ``n`` requests that came at ``t``: the scrape after their completion
+        (a wait for a replica counts in their duration, so it does not move the date) less their duration."""
+        done = t + service
+        came = t + (math.ceil(done / SCRAPE_S) * SCRAPE_S - done)
+        end, self.count_from = self.count_from, None
+        if end is not None:
+            seen_end = math.ceil(end / SCRAPE_S) * SCRAPE_S
+            if came - seen_end > 2 * max(self.cfg.polling_s, STEP_S):
+                self.learner.idle_ended(came, came - seen_end, self.day_offset)
+        self.learner.requests(came, n)
 
     # -- the decision goes out through KEDA's fields
     def _apply(self, t: float) -> None:
