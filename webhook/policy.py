@@ -234,7 +234,8 @@ class Policy(_Strict):
         if d.minReplicas > d.maxReplicas:
             raise ValueError(f"defaults.minReplicas ({d.minReplicas}) is above defaults.maxReplicas "
                              f"({d.maxReplicas})")
-        if self.learnFrom.auth.bearerTokenFile and not self.prometheus.serverAddress.lower().startswith("https://"):
+        https = self.prometheus.serverAddress.lower().startswith("https://")
+        if self.learnFrom.auth.bearerTokenFile and not https:
             raise ValueError(f"learnFrom.auth.bearerTokenFile: a token is sent only over https, and "
                              f"prometheus.serverAddress is {self.prometheus.serverAddress!r}; use its https "
                              f"address or drop the token")

@@ -401,7 +401,8 @@ def test_prometheus_auth_secret_is_mounted_only_where_the_reconciler_runs(helm):
     want = [("/etc/llmaz-serverless/prometheus", True, {"secretName": "prom-reader", "defaultMode": 0o440})]
     got = mounts(_template(helm, "--set", "prometheusAuth.secretName=prom-reader"))
     assert got == {"llmaz-serverless": [], "llmaz-serverless-controller": want}     # admission reads no Prometheus
-    got = mounts(_template(helm, "--set", "prometheusAuth.secretName=prom-reader", "--set", "controller.separate=false"))
+    got = mounts(_template(helm, "--set", "prometheusAuth.secretName=prom-reader",
+                           "--set", "controller.separate=false"))
     assert got == {"llmaz-serverless": want}
     assert mounts(_template(helm)) == {"llmaz-serverless": [], "llmaz-serverless-controller": []}
 

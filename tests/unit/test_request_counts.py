@@ -290,8 +290,9 @@ def test_poller_reads_a_prometheus_that_asks_for_a_token_over_verified_tls(tmp_p
 def test_policy_learn_from_auth_is_validated() -> None:
     from pydantic import ValidationError
     https = {"serverAddress": "https://prometheus.monitoring.svc:9091"}
-    ok = Policy.model_validate({"prometheus": https, "learnFrom": {"auth": {
-        "bearerTokenFile": "/etc/llmaz-serverless/prometheus/token", "caFile": "/etc/llmaz-serverless/prometheus/ca.crt"}}})
+    files = {"bearerTokenFile": "/etc/llmaz-serverless/prometheus/token",
+             "caFile": "/etc/llmaz-serverless/prometheus/ca.crt"}
+    ok = Policy.model_validate({"prometheus": https, "learnFrom": {"auth": files}})
     assert ok.learnFrom.auth.bearerTokenFile == "/etc/llmaz-serverless/prometheus/token"
     with pytest.raises(ValidationError, match="a token is sent only over https"):
         Policy.model_validate({"learnFrom": {"auth": {"bearerTokenFile": "/var/run/secrets/token"}}})

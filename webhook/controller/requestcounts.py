@@ -27,11 +27,10 @@ import asyncio
 import json
 import logging
 import math
+import ssl
 import time
 from collections import deque
 from typing import Callable
-
-import ssl
 
 import aiohttp
 

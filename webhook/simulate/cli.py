@@ -249,8 +249,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--learn-from", default="keda-status", choices=SIGNALS,
                    help="keep-alive: learned only: what the learner is told. keda-status (default) = what the "
                    "reconciler reads live, KEDA's lastActiveTime (each wake-up one request, a pre-warm's own "
-                   "requests not seen); request-counts = every request as the reconciler reads them from Prometheus (seen "
-                   "at the interceptor counter's next scrape, 15 s assumed); requests = every request, exactly")
+                   "requests not seen); request-counts = every request as the reconciler reads them from "
+                   "Prometheus (seen at the interceptor counter's next scrape, 15 s assumed); requests = every "
+                   "request, exactly")
     p.add_argument("--out", help="write the figures as JSON to this file")
     p.add_argument("--plot", help="draw replicas over time to this PNG (one workload; needs matplotlib: "
                    "pip install '.[plot]' from a clone)")
