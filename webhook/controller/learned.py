@@ -40,7 +40,7 @@ class LearnedKeepAlive:
     write_count: int
     learning: dict[Key, learning.Live]
     brain: Any
-    request_counts: requestcounts.RequestCounts | None
+    request_counts: requestcounts.RequestCounts
     route_keys: dict[requestcounts.Route, Key]
     workload_informer: Callable[[str], Informer]
 
@@ -147,7 +147,7 @@ class LearnedKeepAlive:
         route_obj = desired.interceptor_route
         samples, why = None, "the policy's learnFrom.source is keda-status"
         if lf.source == "requests":
-            if route_obj is None or self.request_counts is None:
+            if route_obj is None:
                 why = "it has no http trigger, so no request counts"
             else:
                 route = (key[1], route_obj["metadata"]["name"])

@@ -120,7 +120,7 @@ class Controller(Writes, LearnedKeepAlive):
         self._admission_only = False
         self.learning: dict[Key, learning.Live] = {}   # keep-alive: learned, rebuilt from the ScaledObject
         # Request counts for keep-alive: learned (policy learnFrom), read by the leader only (run_workers).
-        self.request_counts: RequestCounts | None = RequestCounts(lambda: self.brain.policy, self._on_route_counts)
+        self.request_counts = RequestCounts(lambda: self.brain.policy, self._on_route_counts)
         self.route_keys: dict[Route, Key] = {}
 
         wt = watch_timeout
@@ -367,8 +367,7 @@ class Controller(Writes, LearnedKeepAlive):
         self._policy_event()
         tasks = [asyncio.create_task(self._worker(i), name=f"reconcile-worker-{i}") for i in range(self.n_workers)]
         tasks.append(asyncio.create_task(self._resync_loop(stop), name="resync"))
-        if self.request_counts is not None:
-            tasks.append(asyncio.create_task(self._request_counts_loop(stop), name="request-counts"))
+        tasks.append(asyncio.create_task(self._request_counts_loop(stop), name="request-counts"))
         try:
             await stop.wait()
         finally:
@@ -380,7 +379,6 @@ class Controller(Writes, LearnedKeepAlive):
 
     async def _request_counts_loop(self, stop: asyncio.Event) -> None:
         """The request-count poller, while leading; its health as ``llmaz_serverless_request_counts_up``."""
-        assert self.request_counts is not None
         rc = self.request_counts
         rc.on_read = lambda up: self.metrics.request_counts_up.set(1 if up else 0)
         await rc.run(stop)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from ..learn import Learner, Params, prewarm_span
+from ..policy import LearnFrom
 from ..settings import Settings
 from .model import Batch, PodTiming, ScalingConfig, _Sim
 from .result import Result
@@ -37,7 +38,7 @@ from .result import Result
 DAY = 86400.0
 SIGNALS = ("requests", "keda-status", "request-counts")
 SCRAPE_S = 15.0     # request-counts: how often Prometheus scrapes the interceptor's counters (assumed)
-STEP_S = 5.0        # ... and the resolution the reconciler reads them at (policy learnFrom.step's default)
+STEP_S = float(LearnFrom().step)   # ... and the resolution the reconciler reads them at (the policy default)
 
 
 @dataclass(frozen=True)
