@@ -14,6 +14,8 @@ from webhook.simulate.baselines import cron_windows
 from webhook.simulate.gpus import per_replica
 from webhook.simulate.model import PodTiming, ScalingConfig, simulate
 from webhook.simulate.recommend import parse_objective
+from webhook.simulate.replay import merge
+from webhook.simulate.result import Result
 from webhook.triggers import CronTrigger
 
 T = PodTiming(2, 20, 120)
@@ -229,6 +231,18 @@ def test_fleet_reports_median_and_p90_workload_shares(tmp_path, capsys):
     per = ours["waited_share_per_workload"]
     assert per["p90"] == pytest.approx(1.0) and per["median"] < 0.1 < ours["waited_share"] * 10
     assert "waited % median wl" in capsys.readouterr().out
+
+
+def test_workloads_within_objective_counts_each_workload_not_requests():
+    # one busy workload that never waits and three small ones that mostly do: request-weighted the fleet
+    # meets 1 %, yet only one workload of four keeps its own share within it
+    busy = Result(requests=100_000, waited=0, workload_shares=[0.0], workloads=1)
+    small = [Result(requests=100, waited=w, workload_shares=[w / 100], workloads=1) for w in (1, 2, 50)]
+    fleet = merge([busy, *small])
+    assert fleet.waited_share < 0.01
+    assert fleet.workloads_within(0.01) == 2          # 0.0 and exactly 1 % are within; 2 % and 50 % are not
+    assert fleet.workloads_within(0.005) == 1
+    assert Result().workloads_within(0.01) == 0
 
 
 # ------------------------------------------------------------------------------------------ cron, plot

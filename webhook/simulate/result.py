@@ -91,6 +91,12 @@ class Result:
             return 0.0
         return shares[min(len(shares) - 1, max(0, math.ceil(q * len(shares)) - 1))]
 
+    def workloads_within(self, objective: float) -> int:
+        """How many of the workloads that had requests kept their own waited share within ``objective``: the
+        per-workload contract a ``cold-start-objective`` states, beside the request-weighted ``waited_share``
+        (which one busy workload can dominate)."""
+        return sum(1 for s in self.workload_shares if s <= objective + 1e-12)
+
     def extend_to(self, end: float) -> "Result":
         """The same replay run on at rest until ``end`` (so configurations compared on one trace are billed
         over the same span): the replicas left at the end keep their GPUs."""
