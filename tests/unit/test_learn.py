@@ -161,6 +161,32 @@ def test_the_long_keep_alive_is_not_used_where_the_objective_is_met_without_it()
     assert eager.decision(t).keep_alive_s == d.keep_alive_s
 
 
+def _busy_with_pauses(days: float, p: Params) -> tuple[Learner, float]:
+    """Busy every few minutes (100 requests an activity), with a 2-hour pause each half day whose burst a
+    cold start holds: 0.5 % of the requests, within a 1 % objective without holding through the pauses."""
+    rng = random.Random(5)
+    gaps: list[float] = []
+    while sum(gaps) + 5 * len(gaps) < days * 86400:
+        gaps += [rng.uniform(150, 250) for _ in range(200)] + [rng.uniform(6500, 7500)]
+    lr = Learner(0.01, STARTUP, POLL, p)
+    return lr, feed(lr, gaps, per_activity=100)
+
+
+def test_a_settled_history_spends_only_what_the_objective_asks() -> None:
+    # One day in, the minimum price (300 GPU-s per request) makes the 100 requests of each pause's burst worth
+    # two hours of GPU: the keep-alive holds through the pauses. Four days in, the history has seen its daily
+    # cycle and the minimum is a tie-breaker: a short keep-alive meets the objective. With the settled
+    # minimum switched off, the four-day history still holds through the pauses.
+    young, t1 = _busy_with_pauses(1, Params())
+    settled, t4 = _busy_with_pauses(4, Params())
+    off, t_off = _busy_with_pauses(4, Params(settled_days=0))
+    y, s, o = young.decision(t1), settled.decision(t4), off.decision(t_off)
+    assert young.state.days(t1, Params()) < Params().settled_days <= settled.state.days(t4, Params())
+    assert y.keep_alive_s > 7500 and "300 GPU-seconds" in y.reason
+    assert s.keep_alive_s <= 600 and 0.0 < s.share <= 0.01 and "5 GPU-seconds" in s.reason
+    assert o.keep_alive_s > 7500
+
+
 def test_idle_seconds_past_the_histogram_are_counted_up_to_a_day() -> None:
     s, p = State(), Params()
     observe_idle(s, p, 10.0, 5 * 3600.0, STARTUP)

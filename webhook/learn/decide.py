@@ -8,7 +8,8 @@ scored on the histogram for the GPU time it would have held and the requests it 
 cheapest candidate whose estimated cold-start share meets the objective wins. Two limits keep that honest:
 
 * the choice minimises GPU time + price x requests that wait. The price starts at ``Params.min_price_s``
-  GPU-seconds per request (sparing requests that cheaply is always worth it, even below the objective) and
+  GPU-seconds per request (sparing requests that cheaply is always worth it, even below the objective: a
+  margin for a young history; ``min_price``: a tiny one once the history has seen its daily cycle) and
   doubles until the objective is met, up to a cap that follows the objective (``price_cap``: ``Params.price_s``
   at 1 %, in proportion for a tighter one). The objective is the user's contract; the cap exists only so that
   a workload no keep-alive or pre-warm can serve within it (sparse, unpredictable traffic) does not pin a GPU:
@@ -191,9 +192,10 @@ def decide(s: State, p: Params, t: float, objective: float, startup_s: float, po
     target = _target(s, p, objective)
     limit = target * R
     cap = price_cap(p, target)
-    price, pick = _escalate(cands, p.min_price_s, cap, limit)
+    least = min_price(s, p, t)
+    price, pick = _escalate(cands, least, cap, limit)
     if pick[1] > limit + 1e-9 and longs:
-        price_l, pick_l = _escalate(cands + longs, p.min_price_s, cap, limit)
+        price_l, pick_l = _escalate(cands + longs, least, cap, limit)
         if pick_l[1] <= limit + 1e-9:
             price, pick = price_l, pick_l
     why = (f"meets the objective at {price:g} GPU-seconds per request spared" if pick[1] <= limit + 1e-9
@@ -206,6 +208,20 @@ def decide(s: State, p: Params, t: float, objective: float, startup_s: float, po
     if a is None:
         return Decision("keep-alive", k, None, daily, share, eff, why)
     return Decision("pre-warm", c0, (a, k), daily, share, eff, why)
+
+
+def min_price(s: State, p: Params, t: float) -> float:
+    """The GPU-seconds always worth spending to spare one request a cold start, even below the objective.
+
+    A young history's estimate of its own tail is unsure, and sparing cheaply what it can is a margin against
+    that: on one day of traffic (the Azure tuning half) ``Params.min_price_s`` lowered the fleet's waits.
+    Per request, that margin grows with the burst a cold start holds: a busy workload whose rare long pause
+    ends in hundreds of requests was held warm for hours at a share far below its objective. A history of
+    ``Params.settled_days`` (faded) has seen its daily cycle; from then on the learner spends only what the
+    objective asks (``Params.settled_min_price_s``, a tie-breaker)."""
+    if p.settled_days > 0 and s.days(t, p) >= p.settled_days:
+        return p.settled_min_price_s
+    return p.min_price_s
 
 
 def price_cap(p: Params, objective: float) -> float:

@@ -39,7 +39,8 @@ VERSION = 1
 class Params:
     """Hyperparameters. Values chosen on the tuning traces named in docs/scaling-report.md (ServeGen
     ``reason/deepseek-r1`` and ``multimodal/mm-image`` clients; the price bounds, budget span, trust and the
-    unseen idle time's tail on the tuning half of the Azure Functions day, split by function), never on the
+    unseen idle time's tail on the tuning half of the Azure Functions day, split by function; the settled
+    history's minimum price on ServeGen ``language/m-mid``, the one multi-day tuning trace), never on the
     traces reported as held out."""
 
     half_life_s: float = 3 * 86400.0    # old history fades with this half-life
@@ -50,6 +51,8 @@ class Params:
     prior_unseen: float = 2.0          # pseudo-count of an idle time longer than any seen (see ``decide``)
     tail_factor: float = 2.0            # ... spread up to this multiple of the longest seen (<= 1: beyond reach)
     min_price_s: float = 300.0          # GPU-seconds always worth spending to spare one request a cold start
+    settled_days: float = 2.0           # a history this long (faded days; 0: never) has seen its daily cycle ...
+    settled_min_price_s: float = 5.0    # ... and spends only what the objective asks: this minimum instead
     price_s: float = 1500.0             # ... and the most ever spent on that to meet the objective
     min_prewarm_hit: float = 0.5       # a pre-warm window must catch at least this share of the idle times reaching it
     long_idle_s: float = BINS * BIN_S   # idle times past the histogram count as wake-ups for the daily profile
