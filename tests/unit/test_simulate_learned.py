@@ -200,6 +200,29 @@ def test_cli_simulate_learned_reports_prewarms_and_workload_shares(tmp_path, cap
     assert json.loads(out.read_text())["results"]["llmaz-serverless"]["waited_share"] == ours["waited_share"]
 
 
+def test_fleet_with_a_learned_keep_alive_counts_the_workloads_within_their_objective(tmp_path, capsys) -> None:
+    docs = [d for d in yaml.safe_load_all(open(EXAMPLE)) if d]
+    for d in docs:
+        if d["kind"] == "Playground":
+            d["metadata"]["annotations"][C.ANN_KEEP_ALIVE] = "learned"
+    manifest = tmp_path / "w.yaml"
+    manifest.write_text(yaml.safe_dump_all(docs))
+    inv = tmp_path / "1350_inv.csv"
+    # f1: one call in minute 1 and one in minute 300, each after hours at rest; f2: busy every minute
+    rows = ["f1,o,a," + ",".join("1" if m in (1, 300) else "0" for m in range(1, 361)),
+            "f2,o,a," + ",".join("5" for _ in range(360))]
+    inv.write_text("HashFunction,HashOwner,HashApp," + ",".join(str(m) for m in range(1, 361)) + "\n"
+                   + "\n".join(rows) + "\n")
+    out = tmp_path / "r.json"
+    assert main(["simulate", "--trace", str(inv), "-f", str(manifest), "--start", "cold", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    line = next(l for l in text.splitlines() if l.startswith("workloads whose own waited share met"))
+    assert "(1%)" in line and "llmaz-serverless 1 of 2" in line
+    results = json.loads(out.read_text())["results"]
+    assert results["llmaz-serverless"]["workloads_within_objective"] == 1
+    assert results["llmaz-serverless"]["workloads"] == 2
+
+
 def test_recommend_offers_the_learned_keep_alive(tmp_path, capsys) -> None:
     trace = tmp_path / "t.csv"
     trace.write_text("timestamp\n" + "\n".join(str(i * 1800) for i in range(96)) + "\n")

@@ -149,20 +149,22 @@ def run_simulate(args: argparse.Namespace) -> int:
              f"({first.source}); {describe(cfg0, timing)}; {gpus} GPU(s) per replica ({why}); "
              f"start {replay.start}{warm}; replayed {span / 3600:.2f} h "
              + ("(to --until)" if replay.until_s is not None else "(until back at rest)"))
+    objective = None
     if isinstance(learned_config(settings, cfg0), LearnedConfig):
+        objective = settings.cold_start_objective
         title += (f"; keep-alive learned per workload (objective {settings.cold_start_objective * 100:g}%; the "
                   f"cooldown until it has enough history; learning from {LEARN_FROM[replay.learn_from]})")
     notes = sorted({n for t in traces for n in t.notes})
     warnings = _warnings(cfg0, timing)
     for w in warnings:
         print(f"llmaz-serverless: warning: {w}", file=sys.stderr)
-    report.print_simulation(sys.stdout, title, totals, notes + [f"warning: {w}" for w in warnings])
+    report.print_simulation(sys.stdout, title, totals, notes + [f"warning: {w}" for w in warnings], objective)
     if args.out:
         doc = {"trace": args.trace, "workloads": len(traces), "model_load_s": timing.model_load_s,
                "pod_start_s": timing.startup_s, "gpus_per_replica": gpus, "gpus_per_replica_from": why,
                "start": replay.start, "warm_up_s": replay.warm_up_s, "until_s": replay.until_s,
                "notes": notes, "warnings": warnings, "settings": json.loads(settings.as_annotation()),
-               "results": {k: report.figures(v) for k, v in totals.items()}}
+               "results": {k: report.figures(v, objective) for k, v in totals.items()}}
         if keep:   # one workload: when each replica change happens, in seconds from the trace start
             doc["scale_events"] = [{"t": round(t, 3), "replicas": n} for t, n in timelines["llmaz-serverless"]]
         with open(args.out, "w", encoding="utf-8") as fh:

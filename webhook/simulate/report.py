@@ -25,8 +25,9 @@ DEFINITIONS = (
     "cheap overloaded baseline is not a like-for-like saving)")
 
 
-def figures(r: Result) -> dict[str, Any]:
-    """The JSON form of a result (waits are among the requests that waited, failed ones included)."""
+def figures(r: Result, objective: float | None = None) -> dict[str, Any]:
+    """The JSON form of a result (waits are among the requests that waited, failed ones included);
+    ``objective``: a learned keep-alive's cold-start objective, for a fleet's per-workload count."""
     doc = {
         "gpu_hours": round(r.gpu_hours, 3), "replica_hours": round(r.replica_hours, 3),
         "requests": r.requests, "cold_starts": r.activations, "pod_starts": r.pod_starts,
@@ -46,6 +47,8 @@ def figures(r: Result) -> dict[str, Any]:
         doc["workloads"] = r.workloads
         doc["waited_share_per_workload"] = {"median": round(r.workload_share_quantile(0.5), 6),
                                             "p90": round(r.workload_share_quantile(0.9), 6)}
+        if objective is not None:
+            doc["workloads_within_objective"] = r.workloads_within(objective)
     return doc
 
 
@@ -76,7 +79,10 @@ def table(rows: list[list[str]], header: tuple[str, ...] = COLUMNS) -> str:
     return "\n".join([fmt(list(header)), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
-def print_simulation(out: TextIO, title: str, results: Mapping[str, Result], notes: list[str] = ()) -> None:
+def print_simulation(out: TextIO, title: str, results: Mapping[str, Result], notes: list[str] = (),
+                     objective: float | None = None) -> None:
+    """``objective``: a learned keep-alive's cold-start objective; a fleet's report then counts the workloads
+    that kept their own share within it (the per-workload contract, beside the request-weighted share)."""
     out.write(title + "\n")
     for n in notes:
         out.write(f"note: {n}\n")
@@ -103,6 +109,11 @@ def print_simulation(out: TextIO, title: str, results: Mapping[str, Result], not
     if fleet:
         out.write("waited % median wl / p90 wl: the share of its own requests that waited, for the median "
                   "workload and the 90th-percentile workload (waited % is over all requests)\n")
+        if objective is not None:
+            counts = "; ".join(f"{k} {v.workloads_within(objective)} of {len(v.workload_shares)}"
+                               for k, v in results.items())
+            out.write(f"workloads whose own waited share met the cold-start objective ({objective * 100:g}%): "
+                      f"{counts}\n")
     out.write("legend: " + "; ".join(f"{k}: {v}" for k, v in LEGEND.items() if k in results) + "\n")
     out.write(DEFINITIONS + "\n")
 
