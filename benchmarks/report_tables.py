@@ -27,7 +27,7 @@ def _gpu_h(x: float) -> str:
     return f"{x:,.0f}" if x >= 1000 else f"{x:.1f}"
 
 
-def _label(config: str, waited: float, objective: float) -> str | None:
+def _label(config: str, waited: float, objective: float, none_within: bool = False) -> str | None:
     """The table's name for a results row; None: not a row of the report's tables."""
     closest = " (none meets {obj}; the closest)" if waited > objective + 1e-12 else ""
     base = config.replace(" (best uniform per workload)", "").replace(" (best uniform)", "")
@@ -44,7 +44,8 @@ def _label(config: str, waited: float, objective: float) -> str | None:
             "learned": "**learned**",
             "hindsight: own cooldown per workload": "hindsight: each workload's own cooldown" + closest,
             "hindsight: each workload its own objective":
-                "hindsight: each workload's cheapest cooldown meeting its own objective"}.get(base)
+                "hindsight: each workload's cheapest cooldown meeting its own objective"
+                + (" (none meets {obj}; the fewest waiting)" if none_within else "")}.get(base)
 
 
 ORDER = ("GPU defaults", "best uniform:", "best uniform per workload:", "llmaz, one", "llmaz `", "**learned",
@@ -57,7 +58,7 @@ def rows(doc: dict, subset: str | None) -> tuple[float, list[str]]:
     load = f"{doc['model_load_s']:g} s"
     out = []
     for r in found:
-        label = _label(r["config"], r["waited_share"], objective)
+        label = _label(r["config"], r["waited_share"], objective, r.get("workloads_within_objective") == 0)
         if label is None:
             continue
         label = label.format(obj=f"{objective * 100:g} %")

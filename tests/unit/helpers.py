@@ -53,3 +53,12 @@ def service(name: str = "svc", namespace: str = "ai", gpu: bool = True, owner: b
     if annotations is not None:
         obj["metadata"]["annotations"] = dict(annotations)
     return obj
+
+
+def azure_invocations(path: Any, per_minute: dict[str, list[int]]) -> Any:
+    """An Azure Functions 2019 invocation file at ``path``: one row per function, its count in each minute."""
+    minutes = len(next(iter(per_minute.values())))
+    rows = [f"{name},o,a," + ",".join(str(n) for n in counts) for name, counts in per_minute.items()]
+    path.write_text("HashFunction,HashOwner,HashApp," + ",".join(str(m) for m in range(1, minutes + 1)) + "\n"
+                    + "\n".join(rows) + "\n")
+    return path

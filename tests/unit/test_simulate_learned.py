@@ -16,7 +16,7 @@ from webhook.simulate.learned import simulate_learned
 from webhook.simulate.model import PodTiming, ScalingConfig, simulate
 from webhook.cli import main
 
-from .helpers import catalog, playground
+from .helpers import azure_invocations, catalog, playground
 
 T = PodTiming(2, 20, 30)      # pod start 52 s
 ZERO = ScalingConfig(min_replicas=0, max_replicas=4, cooldown_s=600, polling_s=15, start_at_zero=True)
@@ -176,13 +176,19 @@ def test_policy_layers_set_the_default_objective() -> None:
         Policy.model_validate({"gpu": {"coldStartObjective": "two percent"}})
 
 
-def test_cli_simulate_learned_reports_prewarms_and_workload_shares(tmp_path, capsys) -> None:
+def _learned_example(tmp_path):
+    """The example manifest with ``keep-alive: learned`` on its Playground."""
     docs = [d for d in yaml.safe_load_all(open(EXAMPLE)) if d]
     for d in docs:
         if d["kind"] == "Playground":
             d["metadata"]["annotations"][C.ANN_KEEP_ALIVE] = "learned"
     manifest = tmp_path / "w.yaml"
     manifest.write_text(yaml.safe_dump_all(docs))
+    return manifest
+
+
+def test_cli_simulate_learned_reports_prewarms_and_workload_shares(tmp_path, capsys) -> None:
+    manifest = _learned_example(tmp_path)
     trace = tmp_path / "t.csv"
     trace.write_text("timestamp\n" + "\n".join(str(i * 1800) for i in range(96)) + "\n")
     out = tmp_path / "r.json"
@@ -201,18 +207,10 @@ def test_cli_simulate_learned_reports_prewarms_and_workload_shares(tmp_path, cap
 
 
 def test_fleet_with_a_learned_keep_alive_counts_the_workloads_within_their_objective(tmp_path, capsys) -> None:
-    docs = [d for d in yaml.safe_load_all(open(EXAMPLE)) if d]
-    for d in docs:
-        if d["kind"] == "Playground":
-            d["metadata"]["annotations"][C.ANN_KEEP_ALIVE] = "learned"
-    manifest = tmp_path / "w.yaml"
-    manifest.write_text(yaml.safe_dump_all(docs))
-    inv = tmp_path / "1350_inv.csv"
+    manifest = _learned_example(tmp_path)
     # f1: one call in minute 1 and one in minute 300, each after hours at rest; f2: busy every minute
-    rows = ["f1,o,a," + ",".join("1" if m in (1, 300) else "0" for m in range(1, 361)),
-            "f2,o,a," + ",".join("5" for _ in range(360))]
-    inv.write_text("HashFunction,HashOwner,HashApp," + ",".join(str(m) for m in range(1, 361)) + "\n"
-                   + "\n".join(rows) + "\n")
+    inv = azure_invocations(tmp_path / "1350_inv.csv", {"f1": [1 if m in (1, 300) else 0 for m in range(1, 361)],
+                                                        "f2": [5] * 360})
     out = tmp_path / "r.json"
     assert main(["simulate", "--trace", str(inv), "-f", str(manifest), "--start", "cold", "--out", str(out)]) == 0
     text = capsys.readouterr().out

@@ -18,6 +18,8 @@ from webhook.simulate.replay import merge
 from webhook.simulate.result import Result
 from webhook.triggers import CronTrigger
 
+from .helpers import azure_invocations
+
 T = PodTiming(2, 20, 120)
 ZERO = ScalingConfig(min_replicas=0, max_replicas=4, cooldown_s=600, polling_s=15)
 EXAMPLE = "examples/gpu-chat-http.yaml"
@@ -218,12 +220,9 @@ def test_savings_wording_and_overload_column(tmp_path, capsys):
 
 
 def test_fleet_reports_median_and_p90_workload_shares(tmp_path, capsys):
-    inv = tmp_path / "1350_inv.csv"
     # f1: one call in minute 1 and one in minute 60 (2 of 2 cold with a cold start); f2: busy every minute
-    rows = ["f1,o,a," + ",".join("1" if m in (1, 60) else "0" for m in range(1, 61)),
-            "f2,o,a," + ",".join("5" for _ in range(60))]
-    inv.write_text("HashFunction,HashOwner,HashApp," + ",".join(str(m) for m in range(1, 61)) + "\n"
-                   + "\n".join(rows) + "\n")
+    inv = azure_invocations(tmp_path / "1350_inv.csv", {"f1": [1 if m in (1, 60) else 0 for m in range(1, 61)],
+                                                        "f2": [5] * 60})
     out = tmp_path / "r.json"
     assert main(["simulate", "--trace", str(inv), "-f", EXAMPLE, "--start", "cold", "--out", str(out)]) == 0
     ours = json.loads(out.read_text())["results"]["llmaz-serverless"]
