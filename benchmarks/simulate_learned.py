@@ -188,9 +188,9 @@ def hindsight_own(per: dict, ix: list[int], uniform: list[str], objective: float
 
 
 def table(names: list[str], per: dict, ix: list[int], uniform: dict, longer: list[str], cpu: dict, objective: float,
-          sub: str, traces: list) -> tuple[str | None, list[dict]]:
-    """The rows of one set of workloads (``ix``) and its best uniform cooldown, chosen on that set. The longer
-    cooldowns are candidates of the hindsight row only."""
+          sub: str, traces: list) -> tuple[str | None, list[dict], str | None]:
+    """The rows of one set of workloads (``ix``), its best uniform cooldown and its best uniform cooldown per
+    workload, both chosen on that set. The longer cooldowns are candidates of the hindsight rows only."""
     runs = {n: merge([per[n][i] for i in ix]) for n in names if n not in longer}
     if uniform:
         runs[HINDSIGHT] = hindsight(per, ix, [*uniform, *longer], objective)
