@@ -26,16 +26,17 @@ from webhook import constants as C
 from webhook import drain as D
 
 from .http_client import SteadyLoad, stream_chat
-from .stack import LiveStack
+from .stack import MANIFESTS, LiveStack
 from .test_http import apply_and_wait_ready
 from .test_zero_to_one import KEDA, condition, get_or_none, opted_in_namespace, wait_for
 from .timeline import Timeline
 
 pytestmark = pytest.mark.e2e
 
-PRESTOP = 2        # tests/e2e/manifests/policy.yaml
-STUCK_AFTER = 10   # idem
-EXIT_WINDOW = 15   # idem
+_DRAIN = yaml.safe_load((MANIFESTS / "policy.yaml").read_text())["drain"]
+PRESTOP = _DRAIN["preStopSeconds"]
+STUCK_AFTER = _DRAIN["stuckAfter"]
+EXIT_WINDOW = _DRAIN["exitWindow"]
 
 
 def manifest(name: str, annotations: dict[str, str], envs: dict[str, str] | None = None) -> str:
