@@ -167,7 +167,9 @@ def hold_query(name: str, namespace: str, backend: str, drain: Drain, namespace_
 
     * busy, bounded: ``(sum(running) + sum(waiting)) and on() (sum(increase(tokens[stuckAfter])) > 0)``: the
       gauges count only while the server generated a token within ``stuckAfter`` seconds, so a gauge stuck
-      above zero (a hung engine, a lost decrement) stops holding ``stuckAfter`` after the last token;
+      above zero (a hung engine, a lost decrement) stops holding ``stuckAfter`` after the last token; a gauge
+      the server does not export counts as 0 (``sum(g) or on() vector(0)``), so one missing gauge (another
+      version of the engine) does not silence the other;
     * loading, bounded: ``count(up == 0 unless max_over_time(up[E]) > 0 unless (max_over_time(up[L]) == 0
       and up offset L))`` with ``E = exitWindow``, ``L = loadTimeout``: pods that Prometheus scrapes but that
       do not answer (vLLM listens only once the weights are loaded), minus those that answered within ``E``
@@ -182,7 +184,7 @@ def hold_query(name: str, namespace: str, backend: str, drain: Drain, namespace_
     gauges, progress = _HOLD_SERIES[backend]
     pods = re.escape(name).replace("\\-", "-") + "-[0-9]+(-[0-9]+)?"
     sel = f'{{{namespace_label}="{namespace}",{pod_label}=~"{pods}"}}'
-    busy = " + ".join(f"sum({g}{sel})" for g in gauges)
+    busy = " + ".join(f"(sum({g}{sel}) or on() vector(0))" for g in gauges)
     bounded = f"(({busy}) and on() (sum(increase({progress}{sel}[{drain.stuck_after}s])) > 0))"
     window, exiting = f"{drain.load_timeout}s", f"{drain.exit_window}s"
     loading = (f"count(up{sel} == 0 unless max_over_time(up{sel}[{exiting}]) > 0 "

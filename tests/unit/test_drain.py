@@ -171,11 +171,12 @@ def test_hold_trigger_on_workloads_that_may_go_to_zero():
     assert md["activationThreshold"] == "0" and md["threshold"] == str(D.HOLD_TARGET)
     q = md["query"]
     sel = '{namespace="ai",pod=~"chat-[0-9]+(-[0-9]+)?"}'
-    assert f"sum(vllm:num_requests_running{sel}) + sum(vllm:num_requests_waiting{sel})" in q
+    assert (f"(sum(vllm:num_requests_running{sel}) or on() vector(0)) + "
+            f"(sum(vllm:num_requests_waiting{sel}) or on() vector(0))") in q
     assert f"sum(increase(vllm:generation_tokens_total{sel}[120s])) > 0" in q
     assert (f"count(up{sel} == 0 unless max_over_time(up{sel}[120s]) > 0 "
             f"unless (max_over_time(up{sel}[900s]) == 0 and up{sel} offset 900s))") in q
-    assert q.count("or on() vector(0)") == 2
+    assert q.count("or on() vector(0)") == 4
 
 
 def test_no_hold_when_never_at_zero_or_disabled_or_unknown_backend():

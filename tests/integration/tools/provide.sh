@@ -9,6 +9,7 @@
 #   bin/kube-scheduler  bin/kubectl  bin/keda-operator  bin/keda-adapter  bin/llmaz-manager
 #   bin/lws-manager  bin/kwok  bin/redis-server  bin/kube-proxy  bin/iptables
 #   bin/keda-http-interceptor  bin/keda-http-scaler  bin/prometheus             (live stack, tests/e2e)
+#   bin/promtool                        (the hold trigger's PromQL on Prometheus' own engine, tests/integration)
 #   bin/kubelet, image/pause.oci.tar, containerd + runc + CNI plugins (Debian)  (a real node, tests/e2e)
 #   buildah + mmdebstrap (Debian)                                                (deploy/image/build.sh)
 #   crds/<project>/*.yaml  config/<project>/*.yaml
@@ -350,9 +351,11 @@ provide_stack() {
   build_kwok
   deb_unpack redis-server usr/bin/redis-server redis-server redis-tools liblzf1 libjemalloc2
   # Debian's Prometheus is built without Kubernetes service discovery, which the live stack uses as a cluster's
-  # Prometheus does (role: pod); so it is built from its module like the controllers.
+  # Prometheus does (role: pod); so it is built from its module like the controllers. promtool, from the same
+  # module, evaluates the hold trigger's PromQL on synthetic series (tests/integration/test_hold_promql.py).
   build_wrapped github.com/prometheus/prometheus "$PROMETHEUS_MODULE_VERSION" \
-    "prometheus@$PROMETHEUS_MODULE_VERSION" no "" prometheus=github.com/prometheus/prometheus/cmd/prometheus
+    "prometheus@$PROMETHEUS_MODULE_VERSION" no "" prometheus=github.com/prometheus/prometheus/cmd/prometheus \
+    promtool=github.com/prometheus/prometheus/cmd/promtool
   provide_iptables
 }
 
