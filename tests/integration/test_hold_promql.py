@@ -26,8 +26,10 @@ DRAIN = D.Drain(timeout=30, pre_stop=2, hold=True, stuck_after=10, load_timeout=
 NS, NAME = "ai", "chat"
 
 
-def _series(metric: str, pod: str, values: str, *, ip: str = "10.0.0.5", ns: str = NS) -> dict[str, str]:
-    return {"series": f'{metric}{{namespace="{ns}",pod="{pod}",instance="{ip}:8080",job="pods"}}',
+def _series(metric: str, pod: str, values: str, *, ip: str = "10.0.0.5", ns: str = NS,
+            uid: str | None = None) -> dict[str, str]:
+    extra = f',uid="{uid}"' if uid else ""
+    return {"series": f'{metric}{{namespace="{ns}",pod="{pod}",instance="{ip}:8080",job="pods"{extra}}}',
             "values": values}
 
 
@@ -55,6 +57,10 @@ SCENARIOS = [
     ("the next pod with the same name and address within exitWindow is not held (the documented price)",
      [_series("up", "chat-0", "1x20 _x4 0x20")],
      [(30, 0)]),
+    ("with the pod's UID as a label, the next pod with the same name and address is judged on its own",
+     [_series("up", "chat-0", "1x20 stale", uid="6f1c"),
+      _series("up", "chat-0", "_x24 0x20", uid="9b2e")],
+     [(30, 1)]),
     ("a LeaderWorkerSet worker that loads holds too",
      [_series("up", "chat-0", "1x40"), _series("up", "chat-0-1", "0x40", ip="10.0.0.6")],
      [(20, 1)]),
