@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
@@ -263,10 +264,47 @@ def test_state_is_bounded_and_round_trips() -> None:
     (json.dumps({"v": 1, "t": 0, "b": {"999": [1, 1, 1]}}), "bin '999' out of range"),
     (json.dumps({"v": 1, "t": 0, "s": {"48": 1}}), "slot '48' out of range"),
     ("x" * (MAX_ENCODED + 1), "more than"),
+    ("[1, 2]", "not a JSON object"),
+    ('{"v": 1, "t": NaN}', "its time is not a time"),
+    ('{"v": 1, "t": 0, "x": Infinity}', "the anchor is not a time"),
+    (json.dumps({"v": 1, "t": 0, "r": -5}), "the request count is -5"),
+    (json.dumps({"v": 1, "t": 0, "r": 1e300}), "not a count between 0 and"),
+    ('{"v": 1, "t": 0, "b": {"5": [NaN, 1, 300]}}', "bin 5 is nan"),
+    (json.dumps({"v": 1, "t": 0, "b": {"5": [1, -1, 300]}}), "bin 5 is -1"),
+    (json.dumps({"v": 1, "t": 0, "b": {"5": ["nan", 1, 300]}}), "bin 5 is 'nan'"),
+    (json.dumps({"v": 1, "t": 0, "s": {"3": "inf"}}), "slot 3 is 'inf'"),
+    (json.dumps({"v": 1, "t": 0, "w": [1]}), "not readable"),
+    (json.dumps({"v": 1, "t": 0, "first": 10}), "first observation is later than its time"),
 ])
 def test_unreadable_state_is_refused_with_the_reason(text: str, message: str) -> None:
     with pytest.raises(StateError, match=message):
         decode(text)
+
+
+def test_any_state_that_decodes_gives_a_bounded_decision() -> None:
+    """The state is read back from the cluster, where it may have been edited: whatever ``decode`` accepts,
+    ``decide`` returns without raising, with a finite keep-alive no longer than the learner's last resort."""
+    rng = random.Random(7)
+    p = Params()
+    values = [0, 1e-9, 0.5, 3, 1e3, 1e9, 1e15]
+    accepted = 0
+    for _ in range(400):
+        t = rng.choice([0.0, 1e5, 1e9])
+        doc = {"v": 1, "t": t, "first": t - rng.choice([0, 60, 86400 * 30]), "r": rng.choice(values),
+               "b": {str(rng.randint(0, BINS)): [rng.choice(values) for _ in range(3)] for _ in range(rng.randint(0, 8))},
+               "s": {str(rng.randint(0, 47)): rng.choice(values) for _ in range(rng.randint(0, 3))}}
+        w = sorted(rng.choice(values) for _ in range(2))
+        if rng.random() < 0.5:
+            doc["w"] = w
+        s = decode(json.dumps(doc))
+        accepted += 1
+        d = decide(s, p, t + rng.choice([0.0, 60.0, 86400.0]), 0.01, STARTUP, POLL, 600.0)
+        if d.keep_alive_s is not None:
+            assert math.isfinite(d.keep_alive_s) and 0 < d.keep_alive_s <= p.long_keep_alive_s, (doc, d)
+        for a, b in ([d.prewarm] if d.prewarm else []) + list(d.daily):
+            assert math.isfinite(a) and math.isfinite(b) and a < b, (doc, d)
+        assert math.isfinite(d.share), (doc, d)
+    assert accepted == 400
 
 
 @pytest.mark.parametrize("text, share", [("1%", 0.01), (" 0.5% ", 0.005), ("50%", 0.5)])

@@ -33,6 +33,10 @@ SLOTS = 48
 LONG_S = 86400.0
 MAX_ENCODED = 8192      # bytes; the encoded state never exceeds this (see ``encode``)
 VERSION = 1
+# The largest faded sum a stored state may carry. Sums are re-based to the time of writing, so a real one
+# stays far below it (a year of a million requests a second is 3e13); a larger one is not ours, and sums of
+# such numbers could overflow into inf and NaN in ``decide``.
+MAX_SUM = 1e15
 
 
 @dataclass(frozen=True)
@@ -184,35 +188,55 @@ class StateError(ValueError):
     """The stored state cannot be read; the caller starts afresh (learning again costs only time)."""
 
 
+def _time(value: object, what: str) -> float:
+    x = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(x):
+        raise StateError(f"learned state: {what} is not a time")
+    return x
+
+
+def _sum(value: object, what: str) -> float:
+    x = float(value)  # type: ignore[arg-type]
+    if not 0.0 <= x <= MAX_SUM:         # NaN fails this too
+        raise StateError(f"learned state: {what} is {value!r}, not a count between 0 and {MAX_SUM:g}")
+    return x
+
+
 def decode(text: str) -> State:
+    """The state ``encode`` wrote. It is read back from the cluster, where others may have edited it: every
+    number must be finite, every count and sum between 0 and ``MAX_SUM``, the first observation no later than
+    the time of writing; anything else raises ``StateError`` (the caller starts afresh and says why)."""
     if len(text) > MAX_ENCODED:
         raise StateError(f"learned state is {len(text)} bytes, more than {MAX_ENCODED}")
     try:
         doc = json.loads(text)
+        if not isinstance(doc, dict):
+            raise StateError("learned state is not a JSON object")
         if doc.get("v") != VERSION:
             raise StateError(f"learned state version {doc.get('v')!r} is not {VERSION}")
-        s = State(t0=float(doc["t"]), first=None if doc.get("first") is None else float(doc["first"]),
-                  requests=float(doc.get("r", 0.0)))
+        s = State(t0=_time(doc["t"], "its time"),
+                  first=None if doc.get("first") is None else _time(doc["first"], "its first observation"),
+                  requests=_sum(doc.get("r", 0.0), "the request count"))
+        if s.first is not None and s.first > s.t0:
+            raise StateError("learned state: its first observation is later than its time")
         if doc.get("x") is not None:
-            s.anchor = float(doc["x"])
-            if not math.isfinite(s.anchor):
-                raise StateError("learned state: the anchor is not a time")
+            s.anchor = _time(doc["x"], "the anchor")
         if "w" in doc:
-            s.waited, s.judged = float(doc["w"][0]), float(doc["w"][1])
-            if not 0 <= s.waited <= s.judged:
+            s.waited, s.judged = _sum(doc["w"][0], "the waited count"), _sum(doc["w"][1], "the judged count")
+            if not s.waited <= s.judged:
                 raise StateError("learned state: more requests waited than were counted")
         for key, v in doc.get("b", {}).items():
             i = int(key)
             if not 0 <= i <= BINS or len(v) != 3:
                 raise StateError(f"learned state: bin {key!r} out of range")
-            s.bins[i] = [float(v[0]), float(v[1]), float(v[2])]
+            s.bins[i] = [_sum(v[0], f"bin {key}"), _sum(v[1], f"bin {key}"), _sum(v[2], f"bin {key}")]
         for key, v in doc.get("s", {}).items():
             i = int(key)
             if not 0 <= i < SLOTS:
                 raise StateError(f"learned state: slot {key!r} out of range")
-            s.slots[i] = float(v)
+            s.slots[i] = _sum(v, f"slot {key}")
     except StateError:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
         raise StateError(f"learned state is not readable: {exc}") from None
     return s
