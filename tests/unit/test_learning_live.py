@@ -260,6 +260,24 @@ def test_live_matches_sees_a_changed_state_annotation_and_slim_keeps_last_active
     assert slim["status"] == {"lastActiveTime": iso(T0)}
 
 
+def test_a_window_longer_than_any_we_place_is_not_kept() -> None:
+    """Windows are read back from the ScaledObject after a restart, where anyone who may edit it could have
+    written one: a wake-up window longer than a wake-up, or a time-of-day window longer than a day and its
+    lead, would hold a replica that long, and is left out; ours are kept."""
+    so = scaled_object()
+    ours = L.cron_trigger(f"{L.TRIGGER_PREFIX}-0", T0 - 60, T0 - 60 + 60)
+    day = L.cron_trigger(f"{L.DAILY_PREFIX}-0", T0 - 600, T0 + 1800)
+    months = L.cron_trigger(f"{L.TRIGGER_PREFIX}-1", T0 - 60, T0 + 200 * 86400)
+    long_day = L.cron_trigger(f"{L.DAILY_PREFIX}-1", T0 - 600, T0 + 3 * 86400)
+    so["spec"]["triggers"] = list(so["spec"]["triggers"]) + [ours, day, months, long_day]
+    lv, err = L.new_live(so, 0.01, POLL, 600.0, T0)
+    assert err is None
+    assert lv.windows == [(T0 - 600, T0 + 1800), (T0 - 60, T0)]
+    assert lv.daily == [(T0 - 600, T0 + 1800)]
+    kept = L.plan(so, lv, T0 - 30, POLL).windows
+    assert (T0 - 60, T0 + 200 * 86400) not in kept and (T0 - 600, T0 + 3 * 86400) not in kept
+
+
 def test_visible_line_names_the_window() -> None:
     lv = live()
     periodic(lv, 40, 1800)

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import constants as C
-from ..learn import STARTUP_S, Decision, Learner, Params, State, StateError, decode, encode, prewarm_span
+from ..learn import (STARTUP_S, Decision, Learner, Params, State, StateError, decode, encode, prewarm_span,
+                     wake_length)
 
 STATE_ANNOTATION = C.ANN_LEARNED_STATE
 TRIGGER_PREFIX = "learned-prewarm"
@@ -105,8 +106,8 @@ def new_live(so: dict[str, Any] | None, objective: float, polling_s: float, cool
     if state.first is None:
         state.t0 = now
     learner = Learner(objective, startup_s, polling_s, params, state=state, fallback_s=cooldown_s)
-    live = Live(learner, prev=last_active(so), windows=placed_windows(so, now),
-                daily=placed_windows(so, now, daily=True))
+    live = Live(learner, prev=last_active(so), windows=placed_windows(so, now, False, polling_s, startup_s),
+                daily=placed_windows(so, now, True, polling_s, startup_s))
     # The anchor of the pre-warm placed last is stored with the state; a restart during that pre-warm goes on
     # with it (lastActiveTime is then the wake-up's). Otherwise, or if it is no time this workload could have
     # been active at, the last activity is lastActiveTime (a newer one moves it at once).
@@ -128,18 +129,25 @@ def cron_time(expr: Any, now: float) -> float | None:
     return min(times, key=lambda t: abs(t - now))
 
 
-def placed_windows(so: dict[str, Any] | None, now: float, daily: bool = False) -> list[tuple[float, float]]:
+def placed_windows(so: dict[str, Any] | None, now: float, daily: bool = False, polling_s: float = 0.0,
+                   startup_s: float = STARTUP_S) -> list[tuple[float, float]]:
     """The windows an earlier process placed on the ScaledObject (after a restart or a leader change), so that
     one holding the replica is kept to its end and the activity inside it is not taken for demand. ``daily``:
-    only the time-of-day ones."""
+    only the time-of-day ones.
+
+    They are read back from the cluster, where others may have edited them, and a window kept is a replica held:
+    one longer than any we place (a wake-up: ``wake_length``; a time-of-day window: a day plus the lead of its
+    load) is not ours and is left out."""
+    wake = wake_length(polling_s)
+    day = DAY + startup_s + polling_s + 60.0
     out = []
     for trig in ((so or {}).get("spec") or {}).get("triggers") or []:
-        if not isinstance(trig, dict) or not str(trig.get("name", "")).startswith(DAILY_PREFIX if daily
-                                                                                  else TRIGGER_PREFIX):
+        name = str(trig.get("name", "")) if isinstance(trig, dict) else ""
+        if not name.startswith(DAILY_PREFIX if daily else TRIGGER_PREFIX):
             continue
         md = trig.get("metadata") or {}
         a, b = cron_time(md.get("start"), now), cron_time(md.get("end"), now)
-        if a is not None and b is not None and a < b:
+        if a is not None and b is not None and 0 < b - a <= (day if name.startswith(DAILY_PREFIX) else wake):
             out.append((a, b))
     return sorted(out)
 
