@@ -174,11 +174,12 @@ def hold_query(name: str, namespace: str, backend: str, drain: Drain, namespace_
       and up offset L))`` with ``E = exitWindow``, ``L = loadTimeout``: pods that Prometheus scrapes but that
       do not answer (vLLM listens only once the weights are loaded), minus those that answered within ``E``
       (a pod that served and stops answering is exiting: Prometheus keeps scraping a deleted pod until its
-      discovery drops the target, a few seconds normally, 27 s seen on a loaded two-core machine), minus those that were already scraped ``L`` ago
-      and have not answered once since, so a pod that never comes up stops holding ``L`` after its first
-      scrape. Series are matched on all their labels (pod *and* address): a new pod that reuses the name of
-      one gone a moment ago, as LeaderWorkerSet's pods do on every cold start, is judged on its own series
-      unless it also got the same IP within ``E`` of the old one's last answer;
+      discovery drops the target, a few seconds normally, 27 s seen on a loaded two-core machine), minus
+      those that were already scraped ``L`` ago and have not answered once since, so a pod that never comes
+      up stops holding ``L`` after its first scrape. Series are matched on all their labels (pod *and*
+      address): a new pod that reuses the name of one gone a moment ago, as LeaderWorkerSet's pods do on every
+      cold start, is judged on its own series unless it also got the same IP within ``E`` of the old one's last
+      answer (a scrape that adds the pod's UID as a label makes every pod a series of its own);
     * absent series count as 0 (``or on() vector(0)``): a workload whose pods are gone is never held.
     """
     gauges, progress = _HOLD_SERIES[backend]

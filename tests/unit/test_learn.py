@@ -291,7 +291,8 @@ def test_any_state_that_decodes_gives_a_bounded_decision() -> None:
     for _ in range(400):
         t = rng.choice([0.0, 1e5, 1e9])
         doc = {"v": 1, "t": t, "first": t - rng.choice([0, 60, 86400 * 30]), "r": rng.choice(values),
-               "b": {str(rng.randint(0, BINS)): [rng.choice(values) for _ in range(3)] for _ in range(rng.randint(0, 8))},
+               "b": {str(rng.randint(0, BINS)): [rng.choice(values) for _ in range(3)]
+                     for _ in range(rng.randint(0, 8))},
                "s": {str(rng.randint(0, 47)): rng.choice(values) for _ in range(rng.randint(0, 3))}}
         w = sorted(rng.choice(values) for _ in range(2))
         if rng.random() < 0.5:
