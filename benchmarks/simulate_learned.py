@@ -32,6 +32,7 @@ from webhook.simulate.learned import SIGNALS, LearnedConfig  # noqa: E402
 from webhook.simulate.model import PodTiming  # noqa: E402
 from webhook.simulate.recommend import COOLDOWNS, candidate_annotations, resolve  # noqa: E402
 from webhook.simulate.replay import STARTS, Replay, merge, run_configs  # noqa: E402
+from webhook.simulate.result import within as share_within  # noqa: E402
 from webhook.simulate.traces import load  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -180,7 +181,7 @@ def hindsight_own(per: dict, ix: list[int], uniform: list[str], objective: float
     with hindsight of the whole trace) that keeps *its own* waited share within the objective; where none
     does, the one that lets the fewest of its requests wait."""
     def own(i: int) -> str:
-        ok = [n for n in uniform if per[n][i].waited_share <= objective + 1e-12]
+        ok = [n for n in uniform if share_within(per[n][i].waited_share, objective)]
         if ok:
             return min(ok, key=lambda n: (per[n][i].gpu_seconds, n))
         return min(uniform, key=lambda n: (per[n][i].waited, per[n][i].gpu_seconds, n))

@@ -35,6 +35,7 @@ from typing import Any
 from .. import constants as C
 from ..learn import (STARTUP_S, Decision, Learner, Params, State, StateError, decode, encode, prewarm_span,
                      wake_length)
+from ..learn.decide import prewarm_lead
 
 STATE_ANNOTATION = C.ANN_LEARNED_STATE
 TRIGGER_PREFIX = "learned-prewarm"
@@ -139,7 +140,7 @@ def placed_windows(so: dict[str, Any] | None, now: float, daily: bool = False, p
     one longer than any we place (a wake-up: ``wake_length``; a time-of-day window: a day plus the lead of its
     load) is not ours and is left out."""
     wake = wake_length(polling_s)
-    day = DAY + startup_s + polling_s + 60.0
+    day = DAY + prewarm_lead(startup_s, polling_s)
     out = []
     for trig in ((so or {}).get("spec") or {}).get("triggers") or []:
         name = str(trig.get("name", "")) if isinstance(trig, dict) else ""

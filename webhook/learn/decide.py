@@ -91,7 +91,7 @@ def decide(s: State, p: Params, t: float, objective: float, startup_s: float, po
     c0 = p.min_keep_alive_s
     P = polling_s
     S = startup_s
-    lead = S + P + 60.0                       # a pre-warm starts loading this long before it is needed
+    lead = prewarm_lead(S, P)
     R = s.requests
     bins = s.bins
     oob = bins.get(BINS, [0.0, 0.0, 0.0])
@@ -208,6 +208,12 @@ def decide(s: State, p: Params, t: float, objective: float, startup_s: float, po
     if a is None:
         return Decision("keep-alive", k, None, daily, share, eff, why)
     return Decision("pre-warm", c0, (a, k), daily, share, eff, why)
+
+
+def prewarm_lead(startup_s: float, polling_s: float) -> float:
+    """How long before it is needed a pre-warm starts loading: a start-up, a poll, and a minute (a cron
+    window's unit)."""
+    return startup_s + polling_s + 60.0
 
 
 def min_price(s: State, p: Params, t: float) -> float:

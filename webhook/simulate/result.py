@@ -9,6 +9,11 @@ import math
 from dataclasses import dataclass, field, replace
 
 
+def within(share: float, objective: float) -> bool:
+    """Whether a cold-start share meets an objective (a share exactly at it does; float noise aside)."""
+    return share <= objective + 1e-12
+
+
 @dataclass
 class Result:
     """Figures of one replay (or a sum of replays, see ``merge``)."""
@@ -95,7 +100,7 @@ class Result:
         """How many of the workloads that had requests kept their own waited share within ``objective``: the
         per-workload contract a ``cold-start-objective`` states, beside the request-weighted ``waited_share``
         (which one busy workload can dominate)."""
-        return sum(1 for s in self.workload_shares if s <= objective + 1e-12)
+        return sum(1 for s in self.workload_shares if within(s, objective))
 
     def extend_to(self, end: float) -> "Result":
         """The same replay run on at rest until ``end`` (so configurations compared on one trace are billed
